@@ -1,0 +1,1 @@
+"""Custom code of the MOTFM bundle, imported by its configs as ``scripts.*``."""

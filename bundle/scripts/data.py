@@ -1,0 +1,216 @@
+"""Data in and out: datalists, the transforms that bring any image to the model's grid and intensity range,
+and the way back to the source's own grid and units.
+
+A datalist is MONAI's decathlon JSON: ``training`` / ``validation`` / ``test`` lists of
+``{"image": ..., "label": ..., "class": ...}`` (label and class optional), paths relative to ``dataset_dir``.
+Images are NIfTI files or DICOM series folders, read by MONAI's ``LoadImage``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Hashable, Mapping, Sequence
+
+import numpy as np
+import torch
+from monai.data import MetaTensor, list_data_collate
+from monai.transforms import (
+    Compose,
+    LoadImaged,
+    MapTransform,
+    Orientationd,
+    RandAffined,
+    RandFlipd,
+    ResampleToMatch,
+    Resized,
+    ResizeWithPadOrCropd,
+    ScaleIntensityRange,
+    ScaleIntensityRanged,
+)
+
+KEYS = ("image", "label")
+MODEL_RANGE = (-1.0, 1.0)  # intensities the model sees
+
+
+def load_cases(
+    datalist: str,
+    split: str,
+    dataset_dir: str | None = None,
+    use_mask: bool = False,
+    num_classes: int = 0,
+    require_image: bool = True,
+) -> list[dict]:
+    """Reads one split of a datalist and checks it against the variant; every problem names its file.
+
+    Returns the cases with absolute paths, each with its position in the split as ``index`` and a unique ``id``.
+    """
+    if not os.path.isfile(datalist):
+        raise FileNotFoundError(f"datalist not found: {datalist}")
+    try:
+        with open(datalist) as f:
+            content = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"datalist {datalist} is not valid JSON: {e}") from e
+    if not isinstance(content, dict) or not isinstance(content.get(split), list):
+        have = [k for k, v in content.items() if isinstance(v, list)] if isinstance(content, dict) else []
+        raise ValueError(f"datalist {datalist} has no '{split}' list (it has {have})")
+    if not content[split]:
+        raise ValueError(f"the '{split}' list of datalist {datalist} is empty")
+    base = dataset_dir if dataset_dir is not None else os.path.dirname(os.path.abspath(datalist))
+    cases, ids = [], set()
+    for index, item in enumerate(content[split]):
+        where = f"case {index} of '{split}' in {datalist}"
+        item = {"image": item} if isinstance(item, str) else dict(item)
+        for key in KEYS:
+            if key in item:
+                item[key] = os.path.normpath(os.path.join(base, item[key]))
+                if not os.path.exists(item[key]):
+                    raise FileNotFoundError(f"{where}: {key} file not found: {item[key]}")
+        if require_image and "image" not in item:
+            raise ValueError(f"{where} has no 'image'")
+        if use_mask and "label" not in item:
+            raise ValueError(f"{where} has no 'label', but this variant is conditioned on a mask")
+        if num_classes:
+            if "class" not in item:
+                raise ValueError(f"{where} has no 'class', but this variant is conditioned on a class")
+            if not isinstance(item["class"], int) or not 0 <= item["class"] < num_classes:
+                raise ValueError(f"{where}: class {item['class']!r} is out of range 0..{num_classes - 1}")
+        item["index"] = index
+        item["id"] = case_id(item, index, ids)
+        cases.append(item)
+    return cases
+
+
+def case_id(item: Mapping, index: int, taken: set[str]) -> str:
+    """A file-name-safe id for a case: its label's or image's file name, made unique with the index."""
+    source = item.get("label", item.get("image"))
+    name = os.path.basename(os.path.normpath(source)) if source else f"sample_{index:04d}"
+    for ext in (".nii.gz", ".nii", ".dcm"):
+        name = name.removesuffix(ext)
+    name = name if name not in taken else f"{name}_{index:04d}"
+    taken.add(name)
+    return name
+
+
+def percentile_range(cases: Sequence[Mapping], lower: float = 0.5, upper: float = 99.5, max_cases: int = 64):
+    """Robust intensity range [p_lower, p_upper] over (up to ``max_cases``, evenly spread) training images."""
+    load = LoadImaged("image", image_only=True)
+    picks = np.linspace(0, len(cases) - 1, min(len(cases), max_cases)).round().astype(int)
+    values = np.concatenate([np.asarray(load({"image": cases[i]["image"]})["image"]).ravel() for i in picks])
+    lo, hi = np.percentile(values, [lower, upper])
+    if not hi > lo:
+        raise ValueError(f"training images have no intensity spread (p{lower}={lo}, p{upper}={hi})")
+    return [float(lo), float(hi)]
+
+
+class CheckInputd(MapTransform):
+    """Checks a loaded case against the model: dimensionality, one channel, label values and grid."""
+
+    def __init__(self, spatial_dims: int, num_labels: int, keys: Sequence[Hashable] = KEYS) -> None:
+        super().__init__(keys, allow_missing_keys=True)
+        self.spatial_dims, self.num_labels = spatial_dims, num_labels
+
+    def __call__(self, data: Mapping) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            img, name = d[key], d[key].meta.get("filename_or_obj", key)
+            if img.ndim - 1 != self.spatial_dims:
+                raise ValueError(
+                    f"{name}: expected a {self.spatial_dims}D {key}, got spatial shape {tuple(img.shape[1:])}"
+                )
+            if img.shape[0] != 1:
+                raise ValueError(f"{name}: expected a single-channel {key}, got {img.shape[0]} channels")
+        if "label" in d and self.num_labels:
+            values = torch.unique(d["label"])
+            bad = [v for v in values.tolist() if v != int(v) or not 0 <= v < self.num_labels]
+            if bad:
+                raise ValueError(
+                    f"{d['label'].meta.get('filename_or_obj')}: label values {bad[:5]} are outside the "
+                    f"configured set 0..{self.num_labels - 1}"
+                )
+        if "image" in d and "label" in d and d["image"].shape[1:] != d["label"].shape[1:]:
+            raise ValueError(
+                f"{d['label'].meta.get('filename_or_obj')}: label grid {tuple(d['label'].shape[1:])} does not "
+                f"match its image {d['image'].meta.get('filename_or_obj')} {tuple(d['image'].shape[1:])}"
+            )
+        return d
+
+
+def input_transforms(
+    image_size: Sequence[int],
+    num_labels: int,
+    intensity_range: Sequence[float] | None,
+    augment: bool = False,
+) -> Compose:
+    """Loads a case's files (image, label; both optional) and applies ``model_transforms``."""
+    load = LoadImaged(KEYS, image_only=True, ensure_channel_first=True, allow_missing_keys=True)
+    return Compose([load, model_transforms(image_size, num_labels, intensity_range, augment)])
+
+
+def model_transforms(
+    image_size: Sequence[int],
+    num_labels: int,
+    intensity_range: Sequence[float] | None,
+    augment: bool = False,
+) -> Compose:
+    """Brings loaded MetaTensors {image?, label?} (C, *spatial) to the model: check, orient (RAS), resize the
+    longest side to the model's and pad/crop to ``image_size``, scale intensities from ``intensity_range`` to
+    [-1, 1] (clipped). With ``augment``, a random left-right flip and a small random affine (training only).
+    """
+    spatial_dims = len(image_size)
+    linear = "bilinear" if spatial_dims == 2 else "trilinear"
+    xforms = [
+        CheckInputd(spatial_dims, num_labels),
+        Orientationd(KEYS, axcodes="RAS"[:spatial_dims], allow_missing_keys=True),
+        Resized(
+            KEYS,
+            max(image_size),
+            size_mode="longest",
+            mode=(linear, "nearest"),
+            anti_aliasing=(True, False),
+            allow_missing_keys=True,
+        ),
+        ResizeWithPadOrCropd(KEYS, tuple(image_size), allow_missing_keys=True),
+    ]
+    if augment:
+        xforms += [
+            RandFlipd(KEYS, prob=0.5, spatial_axis=0, allow_missing_keys=True),
+            RandAffined(
+                KEYS,
+                prob=0.5,
+                rotate_range=[0.1] * (1 if spatial_dims == 2 else 3),
+                scale_range=0.05,
+                mode=(linear, "nearest"),
+                padding_mode="border",
+                allow_missing_keys=True,
+            ),
+        ]
+    if intensity_range is not None:
+        xforms.append(ScaleIntensityRanged("image", *intensity_range, *MODEL_RANGE, clip=True, allow_missing_keys=True))
+    return Compose(xforms)
+
+
+def to_units(images: torch.Tensor, intensity_range: Sequence[float]) -> torch.Tensor:
+    """Model intensities [-1, 1] back to the data's units (the inverse of the input scaling)."""
+    return ScaleIntensityRange(*MODEL_RANGE, *intensity_range)(images)
+
+
+def to_source_grid(image: torch.Tensor, reference: MetaTensor) -> MetaTensor:
+    """Resamples a model-grid image (C, *spatial) carrying ``reference``'s model-grid affine onto the grid the
+    reference was read from (its original affine and shape), bilinearly.
+
+    Args:
+        image: output on the model's grid (C, *image_size).
+        reference: the preprocessed mask or image the output was generated for.
+    """
+    src = MetaTensor(torch.as_tensor(image), affine=reference.affine, meta=dict(reference.meta))
+    dst = MetaTensor(
+        torch.zeros(1, *[int(s) for s in reference.meta["spatial_shape"]]), affine=reference.meta["original_affine"]
+    )
+    return ResampleToMatch(mode="bilinear", padding_mode="border")(src, img_dst=dst)
+
+
+def load_batch(cases: Sequence[dict], transforms) -> dict:
+    """Transforms and collates a few cases into one batch (e.g. the fixed cases of training previews)."""
+    return list_data_collate([transforms(case) for case in cases])

@@ -1,0 +1,131 @@
+"""The one network every variant uses: MONAI's DiffusionModelUNet with optional class and mask conditioning.
+
+- class: a one-hot vector of ``num_classes + 1`` entries is the cross-attention context; the last entry is the
+  "no class" token that condition dropout trains, so sampling can use classifier-free guidance;
+- mask: a label map, one-hot encoded, drives either a ControlNet (initialised from the UNet's weights and
+  trained jointly, as in MOTFM) or the SPADE normalisation of ``SPADEDiffusionModelUNet``. Negative labels mean
+  "unknown": they one-hot to zeros, and a case with no known pixel gets no ControlNet residuals. Condition dropout
+  trains that case, so one mask-conditioned model also gives the unconditional field (e.g. for denoising).
+
+The same module serves flow matching (it predicts a velocity) and the DDPM baseline (it predicts noise).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from monai.networks.nets import ControlNet, DiffusionModelUNet, SPADEDiffusionModelUNet
+from monai.networks.utils import copy_model_state
+from torch import nn
+
+MASK_NETWORKS = ("controlnet", "spade")
+
+
+class ConditionalUNet(nn.Module):
+    """UNet ``f(x, timesteps, mask, cls)`` with output of the shape of ``x``.
+
+    Args:
+        spatial_dims: 2 or 3.
+        channels: feature channels per UNet level.
+        attention_levels: whether each level has (self/cross) attention.
+        num_res_blocks: residual blocks per level.
+        num_head_channels: channels per attention head.
+        norm_num_groups: group-norm groups (must divide every entry of ``channels``).
+        num_classes: number of classes for class conditioning; 0 for none.
+        num_labels: number of mask labels (background included) for mask conditioning; 0 for none.
+        mask_network: "controlnet" or "spade".
+        in_channels: image channels.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        channels: Sequence[int] = (32, 64, 64, 64),
+        attention_levels: Sequence[bool] = (False, False, False, True),
+        num_res_blocks: int = 1,
+        num_head_channels: int = 32,
+        norm_num_groups: int = 16,
+        num_classes: int = 0,
+        num_labels: int = 0,
+        mask_network: str = "controlnet",
+        in_channels: int = 1,
+    ) -> None:
+        super().__init__()
+        if mask_network not in MASK_NETWORKS:
+            raise ValueError(f"mask_network must be one of {MASK_NETWORKS}, got {mask_network!r}")
+        self.config = {
+            "spatial_dims": spatial_dims,
+            "channels": list(channels),
+            "attention_levels": list(attention_levels),
+            "num_res_blocks": num_res_blocks,
+            "num_head_channels": num_head_channels,
+            "norm_num_groups": norm_num_groups,
+            "num_classes": num_classes,
+            "num_labels": num_labels,
+            "mask_network": mask_network if num_labels else None,
+            "in_channels": in_channels,
+        }
+        self.num_classes, self.num_labels = num_classes, num_labels
+        common = {
+            "spatial_dims": spatial_dims,
+            "in_channels": in_channels,
+            "channels": tuple(channels),
+            "attention_levels": tuple(attention_levels),
+            "num_res_blocks": num_res_blocks,
+            "num_head_channels": num_head_channels,
+            "norm_num_groups": norm_num_groups,
+            "with_conditioning": num_classes > 0,
+            "cross_attention_dim": num_classes + 1 if num_classes else None,
+        }
+        self.controlnet: ControlNet | None = None
+        if num_labels and mask_network == "spade":
+            self.unet = SPADEDiffusionModelUNet(out_channels=in_channels, label_nc=num_labels, **common)
+        else:
+            self.unet = DiffusionModelUNet(out_channels=in_channels, **common)
+        if num_labels and mask_network == "controlnet":
+            self.controlnet = ControlNet(
+                conditioning_embedding_in_channels=num_labels, conditioning_embedding_num_channels=(16,), **common
+            )
+            copy_model_state(self.controlnet, self.unet.state_dict(), inplace=True)
+
+    def class_context(self, cls: torch.Tensor) -> torch.Tensor:
+        """One-hot context (B, 1, num_classes + 1) from class indices (B,); index ``num_classes`` means no class."""
+        return F.one_hot(cls.long().view(-1), self.num_classes + 1).float().unsqueeze(1)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        timesteps: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        cls: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """
+        Args:
+            x: images (B, C, *spatial).
+            timesteps: (B,) on MONAI's 0..1000 scale (floats allowed).
+            mask: integer label map (B, 1, *spatial) with values in [0, num_labels), negative for unknown; None (or
+                all unknown) for no mask.
+            cls: class indices (B,) in [0, num_classes] (num_classes = no class); needed when num_classes > 0.
+        Returns:
+            (B, C, *spatial): the velocity (flow matching) or noise (DDPM) prediction.
+        """
+        context = self.class_context(cls) if self.num_classes else None
+        if not self.num_labels or (mask is None and self.controlnet is not None):
+            return self.unet(x, timesteps, context=context)
+        if mask is None:
+            mask = torch.full_like(x[:, :1], -1)
+        known = mask >= 0
+        onehot = F.one_hot(mask[:, 0].clamp(min=0).long(), self.num_labels).movedim(-1, 1).to(x.dtype) * known
+        if self.controlnet is None:
+            return self.unet(x, timesteps, seg=onehot, context=context)
+        down, mid = self.controlnet(x, timesteps, controlnet_cond=onehot, context=context)
+        gate = known.flatten(1).any(1).to(x.dtype).view(-1, *([1] * (x.dim() - 1)))
+        return self.unet(
+            x,
+            timesteps,
+            context=context,
+            down_block_additional_residuals=[d * gate for d in down],
+            mid_block_additional_residual=mid * gate,
+        )

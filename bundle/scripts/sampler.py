@@ -1,0 +1,123 @@
+"""Sampling: the one place that turns noise (or a noisy image) into images.
+
+Inference, evaluation, training-time previews, the benchmark and the deploy app all call these classes, so a
+better solver or a few-step checkpoint reaches every caller.
+
+- ``FlowSampler`` integrates the learned velocity from t=0 (noise) or from a later time (denoising) to t=1.
+- ``DiffusionSampler`` runs the DDPM baseline with MONAI's DDPM or DDIM scheduler.
+Both apply classifier-free guidance when ``guidance_scale != 1`` and the model has classes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
+from torch import nn
+
+from .flow import DDPM_SCHEDULE, TIME_SCALE, conditions
+from .solvers import integrate
+
+DIFFUSION_SOLVERS = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler}
+
+
+def case_noise(indices: Sequence[int], shape: Sequence[int], seed: int, device=None) -> torch.Tensor:
+    """Gaussian noise (len(indices), *shape), each case's from its own generator: the same seed and case index
+    give the same noise whatever the batch size, order or process that generates it."""
+    out = []
+    for i in indices:
+        g = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(i))
+        out.append(torch.randn(tuple(shape), generator=g))
+    return torch.stack(out).to(device)
+
+
+def predict(
+    network: nn.Module, x: torch.Tensor, timesteps: torch.Tensor, cond: dict, guidance_scale: float = 1.0
+) -> torch.Tensor:
+    """The network's prediction, guided: u + s (c - u) with u the "no class" and c the class prediction.
+
+    Guidance runs the two in one batch of 2B; with ``guidance_scale == 1`` or no class it is a plain call.
+    """
+    if guidance_scale == 1.0 or "cls" not in cond:
+        return network(x, timesteps, **cond)
+    null = torch.full_like(cond["cls"], network.num_classes)
+    both = {k: torch.cat([v, v]) for k, v in cond.items() if k != "cls"}
+    both["cls"] = torch.cat([cond["cls"], null])
+    out_c, out_u = network(torch.cat([x, x]), torch.cat([timesteps, timesteps]), **both).chunk(2)
+    return out_u + guidance_scale * (out_c - out_u)
+
+
+class Sampler:
+    """Base of the samplers: ``sampler(network, x, cond, t_start, generator) -> (images, NFE)``."""
+
+    def __call__(self, network: nn.Module, x: torch.Tensor, cond: dict, t_start: float = 0.0, generator=None):
+        raise NotImplementedError
+
+    def generate(self, network: nn.Module, batch: dict, shape: Sequence[int], seed: int, device=None):
+        """Samples one image per case of a collated batch (its ``index`` and, as the network needs, ``label`` and
+        ``class``) from the case's own noise; returns (images (B, *shape), NFE)."""
+        indices = [int(i) for i in batch["index"]]
+        noise = case_noise(indices, shape, seed, device)
+        cond = conditions(batch, bool(network.num_labels), network.num_classes, device)
+        generator = torch.Generator(device or "cpu").manual_seed(int(seed) * 1_000_003 + indices[0])
+        return self(network, noise, cond, generator=generator)
+
+
+class FlowSampler(Sampler):
+    """Integrates dx/dt = v(x, t, cond) with an ODE solver.
+
+    Args:
+        solver: "euler", "midpoint", "heun", "rk4" or "dopri5".
+        num_steps: solver steps (NFE = steps x evaluations per step; dopri5 chooses its own).
+        guidance_scale: classifier-free guidance scale (1 = none).
+    """
+
+    def __init__(self, solver: str = "euler", num_steps: int = 10, guidance_scale: float = 1.0) -> None:
+        self.solver, self.num_steps, self.guidance_scale = solver, num_steps, guidance_scale
+
+    @torch.no_grad()
+    def __call__(
+        self, network: nn.Module, x: torch.Tensor, cond: dict, t_start: float = 0.0, generator=None
+    ) -> tuple[torch.Tensor, int]:
+        """x: noise (B, C, *spatial) at t_start (0 for pure noise); returns (images at t=1, NFE)."""
+
+        def velocity(x_: torch.Tensor, t: float) -> torch.Tensor:
+            timesteps = torch.full((x_.shape[0],), t * TIME_SCALE, device=x_.device)
+            return predict(network, x_, timesteps, cond, self.guidance_scale)
+
+        return integrate(velocity, x, t_start, 1.0, self.solver, self.num_steps)
+
+
+class DiffusionSampler(Sampler):
+    """Reverse diffusion with MONAI's DDPM or DDIM scheduler, one NFE per step.
+
+    Args:
+        solver: "ddpm" (ancestral sampling, meant for all training steps) or "ddim" (deterministic, fewer steps).
+        num_steps: inference steps.
+        guidance_scale: classifier-free guidance scale (1 = none).
+        schedule: the noise schedule the model was trained with (``DDPMScheduler`` arguments; see its card).
+    """
+
+    def __init__(self, solver: str = "ddim", num_steps: int = 50, guidance_scale: float = 1.0, schedule=None):
+        if solver not in DIFFUSION_SOLVERS:
+            raise ValueError(f"solver must be one of {tuple(DIFFUSION_SOLVERS)} for the DDPM baseline, got {solver!r}")
+        self.scheduler = DIFFUSION_SOLVERS[solver](**(schedule or DDPM_SCHEDULE))
+        self.solver, self.num_steps, self.guidance_scale = solver, num_steps, guidance_scale
+
+    @torch.no_grad()
+    def __call__(
+        self, network: nn.Module, x: torch.Tensor, cond: dict, t_start: float = 0.0, generator=None
+    ) -> tuple[torch.Tensor, int]:
+        """x: noise (B, C, *spatial); returns (images, NFE). ``generator`` drives DDPM's stochastic steps."""
+        if t_start != 0.0:
+            raise ValueError("the DDPM baseline samples from pure noise only (t_start=0)")
+        self.scheduler.set_timesteps(self.num_steps, device=x.device)
+        nfe = 0
+        for t in self.scheduler.timesteps:
+            timesteps = torch.full((x.shape[0],), int(t), device=x.device, dtype=torch.long)
+            eps = predict(network, x, timesteps, cond, self.guidance_scale)
+            nfe += 1
+            extra = {"generator": generator} if self.solver == "ddpm" else {}
+            x, _ = self.scheduler.step(eps, int(t), x, **extra)
+        return x, nfe
