@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 from torch import nn
@@ -30,6 +31,21 @@ def case_noise(indices: Sequence[int], shape: Sequence[int], seed: int, device=N
         g = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(i))
         out.append(torch.randn(tuple(shape), generator=g))
     return torch.stack(out).to(device)
+
+
+def flow_time(sigma: float) -> float:
+    """Flow time t at which x_t / t = x1 + sigma * noise carries noise of std ``sigma`` (relative to the model's
+    [-1, 1] range): x_t = (1 - t) x0 + t x1 gives sigma = (1 - t) / t, so t = 1 / (1 + sigma)."""
+    if sigma < 0:
+        raise ValueError(f"noise sigma must be >= 0, got {sigma}")
+    return 1.0 / (1.0 + sigma)
+
+
+def estimate_sigma(image: torch.Tensor) -> float:
+    """Standard deviation of Gaussian noise in an image (C, *spatial), by scikit-image's wavelet estimator."""
+    from skimage.restoration import estimate_sigma as wavelet_sigma
+
+    return float(wavelet_sigma(image[0].detach().cpu().numpy().astype(np.float64)))
 
 
 def predict(
@@ -87,6 +103,14 @@ class FlowSampler(Sampler):
             return predict(network, x_, timesteps, cond, self.guidance_scale)
 
         return integrate(velocity, x, t_start, 1.0, self.solver, self.num_steps)
+
+    def denoise(
+        self, network: nn.Module, noisy: torch.Tensor, sigma: float, cond: dict | None = None
+    ) -> tuple[torch.Tensor, int]:
+        """Denoises images (B, C, *spatial) in model units carrying Gaussian noise of std ``sigma``: places them on
+        the flow at t = 1 / (1 + sigma) (x_t = t * noisy) and integrates to t = 1. Returns (images, NFE)."""
+        t = flow_time(sigma)
+        return self(network, t * noisy, cond or {}, t_start=t)
 
 
 class DiffusionSampler(Sampler):
