@@ -123,7 +123,7 @@ class CheckInputd(MapTransform):
                 raise ValueError(f"{name}: expected a single-channel {key}, got {img.shape[0]} channels")
         if "label" in d and self.num_labels:
             values = torch.unique(d["label"])
-            bad = [v for v in values.tolist() if v != int(v) or not 0 <= v < self.num_labels]
+            bad = [int(v) if v == int(v) else v for v in values.tolist() if v != int(v) or not 0 <= v < self.num_labels]
             if bad:
                 raise ValueError(
                     f"{d['label'].meta.get('filename_or_obj')}: label values {bad[:5]} are outside the "
@@ -204,7 +204,8 @@ def to_source_grid(image: torch.Tensor, reference: MetaTensor) -> MetaTensor:
         image: output on the model's grid (C, *image_size).
         reference: the preprocessed mask or image the output was generated for.
     """
-    src = MetaTensor(torch.as_tensor(image), affine=reference.affine, meta=dict(reference.meta))
+    meta = {k: v for k, v in reference.meta.items() if k != "affine"}
+    src = MetaTensor(torch.as_tensor(image), affine=reference.affine, meta=meta)
     dst = MetaTensor(
         torch.zeros(1, *[int(s) for s in reference.meta["spatial_shape"]]), affine=reference.meta["original_affine"]
     )

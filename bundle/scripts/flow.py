@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from monai.engines.utils import PrepareBatch
 from monai.networks.schedulers import DDPMScheduler
+from monai.utils import convert_to_tensor
 
 TIME_SCALE = 1000.0  # flow time t in [0, 1] is shown to the network as t * TIME_SCALE
 TIME_SCHEDULES = ("uniform", "logit_normal")
@@ -101,7 +102,7 @@ class GenerativePrepareBatch(PrepareBatch):
         non_blocking: bool = False,
         **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor, tuple, dict]:
-        x1 = torch.as_tensor(batchdata["image"]).to(device, non_blocking=non_blocking)
+        x1 = plain(batchdata["image"], device)
         x_t, timesteps, target = self.path(x1)
         cond = conditions(batchdata, self.use_mask, self.num_classes, device)
         if self.condition_dropout > 0:
@@ -114,13 +115,18 @@ class GenerativePrepareBatch(PrepareBatch):
         return x_t, target, (), {"timesteps": timesteps, **cond}
 
 
+def plain(x: Any, device: str | torch.device | None = None) -> torch.Tensor:
+    """A plain tensor on ``device``: MONAI's MetaTensor would make every network operation track metadata."""
+    return convert_to_tensor(x, device=device, track_meta=False)
+
+
 def conditions(
     batchdata: Mapping[str, Any], use_mask: bool, num_classes: int, device: str | torch.device | None = None
 ) -> dict[str, torch.Tensor]:
     """The network's condition kwargs from a batch: ``mask`` (B, 1, *spatial) and/or ``cls`` (B,)."""
     cond = {}
     if use_mask:
-        cond["mask"] = torch.as_tensor(batchdata["label"]).to(device)
+        cond["mask"] = plain(batchdata["label"], device)
     if num_classes:
-        cond["cls"] = torch.as_tensor(batchdata["class"]).view(-1).long().to(device)
+        cond["cls"] = plain(batchdata["class"], device).view(-1).long()
     return cond

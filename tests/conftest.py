@@ -1,0 +1,78 @@
+"""Shared test fixtures: the bundle on sys.path, the embedded data built once, a bundle runner, tiny networks."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BUNDLE = ROOT / "bundle"
+CONFIGS = BUNDLE / "configs"
+sys.path.insert(0, str(BUNDLE))
+
+# a UNet small enough for CPU tests; the structure (levels, attention, ControlNet/SPADE) is the real one
+TINY = {
+    "unet#channels": [8, 16],
+    "unet#attention_levels": [False, True],
+    "unet#num_head_channels": 8,
+    "unet#norm_num_groups": 4,
+}
+TINY_2D = {**TINY, "image_size": [16, 16]}
+TINY_3D = {**TINY, "image_size": [16, 16, 16]}
+VARIANTS = ["uncond_2d", "class_2d", "mask_2d", "mask_class_2d", "mask_spade_2d", "uncond_3d", "mask_3d"]
+
+
+def tiny(variant: str) -> dict:
+    return TINY_3D if variant.endswith("3d") else TINY_2D
+
+
+@pytest.fixture(scope="session")
+def embedded(tmp_path_factory) -> Path:
+    """The embedded data set, built once per session with the project's builder."""
+    from scripts.embedded_data import build
+
+    return Path(build(str(tmp_path_factory.mktemp("data") / "embedded")))
+
+
+@pytest.fixture(scope="session")
+def small_datalist(embedded: Path) -> Path:
+    """A datalist over 8 training, 2 validation and 3 test slices of the embedded data (same folder)."""
+    full = json.loads((embedded / "datalist_2d.json").read_text())
+    small = {"training": full["training"][::14][:8], "validation": full["validation"][:2], "test": full["test"][::5]}
+    path = embedded / "datalist_small.json"
+    path.write_text(json.dumps(small))
+    return path
+
+
+def run_bundle(configs: list[str], **overrides):
+    """Runs a bundle workflow in this process (as ``python -m monai.bundle run`` does) and returns it.
+
+    ``configs`` are file names under bundle/configs (variants as "variants/x.json").
+    """
+    from monai.bundle import ConfigWorkflow
+
+    files = [str(CONFIGS / c) for c in configs]
+    workflow = ConfigWorkflow(config_file=files, workflow_type=None, logging_file=False, **overrides)
+    workflow.initialize()
+    workflow.run()
+    workflow.finalize()
+    return workflow
+
+
+# errors a user's bad input may surface as (MONAI wraps transform and config errors in RuntimeError)
+USER_ERRORS = (RuntimeError, ValueError, FileNotFoundError)
+
+
+def messages(exc: BaseException | None) -> Iterator[str]:
+    """The messages of an exception and of its causes (MONAI wraps transform and config errors)."""
+    while exc is not None:
+        yield str(exc)
+        exc = exc.__cause__ or exc.__context__
+
+
+def error_text(excinfo) -> str:
+    return " | ".join(messages(excinfo.value))

@@ -1,0 +1,186 @@
+"""The bundle end to end: every variant trains on the embedded data and samples; reproducibility; bad input."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from conftest import CONFIGS, USER_ERRORS, VARIANTS, error_text, run_bundle, tiny
+from ignite.engine import Events
+from monai.bundle import ConfigWorkflow
+from monai.handlers import from_engine
+
+
+def _datalist(variant: str, embedded: Path, small_datalist: Path) -> str:
+    return str(embedded / "datalist_3d.json") if variant.endswith("3d") else str(small_datalist)
+
+
+def train(variant: str, embedded: Path, datalist: str, output_dir: Path, epochs: int, **extra) -> list[float]:
+    """Trains a tiny model of ``variant`` in this process; returns the loss of every iteration."""
+    overrides = {
+        **tiny(variant),
+        "dataset_dir": str(embedded),
+        "datalist": datalist,
+        "output_dir": str(output_dir),
+        "lr": 1e-3,
+        "batch_size": 4,
+        "train#trainer#max_epochs": epochs,
+        "preview_interval": epochs,
+        "checkpoint_interval": epochs,
+        **extra,
+    }
+    files = [str(CONFIGS / "train.json"), str(CONFIGS / f"variants/{variant}.json")]
+    files += [str(CONFIGS / f) for f in extra.pop("extra_configs", [])]
+    workflow = ConfigWorkflow(config_file=files, workflow_type=None, logging_file=False, **overrides)
+    workflow.initialize()
+    losses: list[float] = []
+    trainer = workflow.parser.get_parsed_content("train#trainer")
+    trainer.add_event_handler(
+        Events.ITERATION_COMPLETED, lambda e: losses.append(float(from_engine(["loss"], first=True)(e.state.output)))
+    )
+    workflow.run()
+    return losses
+
+
+def sample(variant: str, embedded: Path, datalist: str, ckpt: Path, output_dir: Path, **extra) -> Path:
+    settings = {"num_steps": 2, "num_samples": 3, **tiny(variant), **extra}
+    run_bundle(
+        ["inference.json", f"variants/{variant}.json"],
+        dataset_dir=str(embedded),
+        datalist=datalist,
+        ckpt_path=str(ckpt),
+        output_dir=str(output_dir),
+        **settings,
+    )
+    return output_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory, embedded, small_datalist) -> Path:
+    """A tiny mask_class_2d flow model trained for a few iterations with the bundle's train config."""
+    out = tmp_path_factory.mktemp("tiny_model")
+    train("mask_class_2d", embedded, str(small_datalist), out, epochs=3)
+    return out / "model.pt"
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_variant_trains_and_samples(variant, embedded, small_datalist, tmp_path):
+    datalist = _datalist(variant, embedded, small_datalist)
+    losses = train(variant, embedded, datalist, tmp_path / "train", epochs=40 if variant.endswith("3d") else 20)
+    assert len(losses) == 40 and np.isfinite(losses).all()
+    assert np.mean(losses[-8:]) < 0.8 * np.mean(losses[:8]), losses
+    assert (tmp_path / "train/previews").is_dir() and (tmp_path / "train/checkpoint.pt").is_file()
+
+    out = sample(variant, embedded, datalist, tmp_path / "train/model.pt", tmp_path / "samples")
+    info = json.loads((out / "info.json").read_text())
+    entries = json.loads((out / "datalist.json").read_text())["training"]
+    assert info["nfe"] == 2 and info["solver"] == "euler" and info["variant"] == variant
+    assert (out / "samples.png").stat().st_size > 1000
+    conditioned = not variant.startswith("uncond")
+    test_cases = json.loads(Path(datalist).read_text())["test"]
+    assert len(entries) == (len(test_cases) if conditioned else 3)
+    for entry, case in zip(entries, test_cases):
+        generated = nib.load(out / entry["image"])
+        assert np.isfinite(generated.get_fdata()).all()
+        if conditioned:  # written on the grid of its mask (or image): shape and affine
+            reference = nib.load(Path(datalist).parent / case.get("label", case["image"]))
+            assert generated.shape == reference.shape
+            assert np.allclose(generated.affine, reference.affine)
+        else:
+            assert generated.shape == tuple(tiny(variant)["image_size"])
+        if "label" in entry:
+            assert (out / entry["label"]).is_file()
+        assert ("class" in entry) == (conditioned and "class" in case)  # the source's class travels with it
+
+
+def test_same_seed_same_images(embedded, small_datalist, tiny_model, tmp_path):
+    def images(seed, name, **extra):
+        out = sample("mask_class_2d", embedded, str(small_datalist), tiny_model, tmp_path / name, seed=seed, **extra)
+        return [nib.load(p).get_fdata() for p in sorted((out / "images").glob("*.nii.gz"))]
+
+    a, b, c, d = images(3, "a"), images(3, "b"), images(3, "c", batch_size=1), images(4, "d")
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert all(np.allclose(x, y, atol=1e-3) for x, y in zip(a, c))  # across batch sizes, up to float rounding
+    assert not any(np.allclose(x, z, atol=1.0) for x, z in zip(a, d))
+
+
+def _bad_datalist(tmp_path: Path, embedded: Path, **change) -> str:
+    case = json.loads((embedded / "datalist_2d.json").read_text())["test"][0]
+    case = {k: str(embedded / v) if k in ("image", "label") else v for k, v in case.items()}
+    case.update(change)
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps({"test": [{k: v for k, v in case.items() if v is not None}]}))
+    return str(path)
+
+
+def _write(path: Path, array) -> str:
+    nib.save(nib.Nifti1Image(np.asarray(array), np.eye(4)), str(path))
+    return str(path)
+
+
+BAD_INPUTS = {
+    "no label for a mask variant": (lambda tmp, emb: {"label": None}, "has no 'label'"),
+    "class out of range": (lambda tmp, emb: {"class": 5}, "class 5 is out of range 0..2"),
+    "labels outside the set": (
+        lambda tmp, emb: {"label": _write(tmp / "seven.nii.gz", np.full((20, 20), 7, np.uint8))},
+        "seven.nii.gz: label values \\[7\\] are outside the configured set 0..3",
+    ),
+    "wrong dimensionality": (
+        lambda tmp, emb: {"label": _write(tmp / "vol.nii.gz", np.zeros((8, 8, 8), np.uint8))},
+        "vol.nii.gz: expected a 2D label",
+    ),
+    "corrupt file": (
+        lambda tmp, emb: {
+            "label": str((tmp / "corrupt.nii.gz").write_bytes(b"\x1f\x8bgarbage") and tmp / "corrupt.nii.gz")
+        },
+        "corrupt.nii.gz",
+    ),
+    "missing file": (lambda tmp, emb: {"label": str(tmp / "gone.nii.gz")}, "label file not found: .*gone.nii.gz"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_INPUTS))
+def test_bad_input_fails_clearly_and_writes_nothing(name, embedded, tiny_model, tmp_path):
+    change, message = BAD_INPUTS[name]
+    datalist = _bad_datalist(tmp_path, embedded, **change(tmp_path, embedded))
+    out = tmp_path / "out"
+    with pytest.raises(USER_ERRORS) as excinfo:
+        sample("mask_class_2d", embedded, datalist, tiny_model, out)
+    assert re.search(message, error_text(excinfo)), error_text(excinfo)
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]  # no staging left behind
+
+
+def test_failed_run_keeps_earlier_results(embedded, small_datalist, tiny_model, tmp_path):
+    out = sample("mask_class_2d", embedded, str(small_datalist), tiny_model, tmp_path / "out")
+    before = sorted(p.name for p in (out / "images").iterdir())
+    with pytest.raises(USER_ERRORS):
+        sample("mask_class_2d", embedded, _bad_datalist(tmp_path, embedded, **{"class": 9}), tiny_model, out)
+    assert sorted(p.name for p in (out / "images").iterdir()) == before
+
+
+def test_checkpoint_of_another_variant_or_shape_is_refused(embedded, small_datalist, tiny_model, tmp_path):
+    with pytest.raises(USER_ERRORS) as excinfo:
+        sample("mask_2d", embedded, str(small_datalist), tiny_model, tmp_path / "a")
+    assert "does not fit this config" in error_text(excinfo) and "num_classes" in error_text(excinfo)
+    with pytest.raises(USER_ERRORS) as excinfo:
+        sample("mask_class_2d", embedded, str(small_datalist), tiny_model, tmp_path / "b", image_size=[32, 32])
+    assert "image_size is [16, 16]" in error_text(excinfo)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_missing_split_is_refused(embedded, small_datalist, tiny_model, tmp_path):
+    with pytest.raises(USER_ERRORS) as excinfo:
+        sample("mask_class_2d", embedded, str(small_datalist), tiny_model, tmp_path / "a", split="holdout")
+    assert "has no 'holdout' list" in error_text(excinfo)
+
+
+def test_output_dir_holding_inputs_is_refused(embedded, small_datalist, tiny_model):
+    with pytest.raises(USER_ERRORS) as excinfo:
+        sample("mask_class_2d", embedded, str(small_datalist), tiny_model, embedded)
+    assert "holds input" in error_text(excinfo)
+    assert (embedded / "datalist_2d.json").is_file()
