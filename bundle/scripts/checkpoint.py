@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -77,16 +77,20 @@ class ModelCard:
         self.intensity_range = state.get("intensity_range") or self.intensity_range
 
 
-def save_atomic(obj: Any, path: str) -> None:
-    """torch.save to a temporary file beside ``path``, then rename: a reader never sees a torn file."""
+def save_atomic(obj: Any, path: str, writer: Callable[[Any, Any], Any] = torch.save) -> None:
+    """Writes ``obj`` with ``writer(obj, file)`` (torch.save by default) to a temporary file beside ``path``, then
+    renames it: a reader never sees a torn file."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            writer(obj, f)
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes files private; give the usual permissions
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from monai.networks.nets import ControlNet, DiffusionModelUNet, SPADEDiffusionModelUNet
 from monai.networks.utils import copy_model_state
 from torch import nn
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import apply_activation_checkpointing
 
 MASK_NETWORKS = ("controlnet", "spade")
 
@@ -37,6 +38,9 @@ class ConditionalUNet(nn.Module):
         num_labels: number of mask labels (background included) for mask conditioning; 0 for none.
         mask_network: "controlnet" or "spade".
         in_channels: image channels.
+        activation_checkpointing: recompute each UNet (and ControlNet) block's activations in the backward pass
+            instead of keeping them: less memory for large (3D) inputs, about a third more compute. It changes
+            neither the weights' names nor ``config``.
     """
 
     def __init__(
@@ -51,6 +55,7 @@ class ConditionalUNet(nn.Module):
         num_labels: int = 0,
         mask_network: str = "controlnet",
         in_channels: int = 1,
+        activation_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         if mask_network not in MASK_NETWORKS:
@@ -89,6 +94,9 @@ class ConditionalUNet(nn.Module):
                 conditioning_embedding_in_channels=num_labels, conditioning_embedding_num_channels=(16,), **common
             )
             copy_model_state(self.controlnet, self.unet.state_dict(), inplace=True)
+        if activation_checkpointing:
+            blocks = {id(b) for net in (self.unet, self.controlnet) if net is not None for b in _blocks(net)}
+            apply_activation_checkpointing(self, check_fn=lambda m: id(m) in blocks)
 
     def class_context(self, cls: torch.Tensor) -> torch.Tensor:
         """One-hot context (B, 1, num_classes + 1) from class indices (B,); index ``num_classes`` means no class."""
@@ -107,10 +115,12 @@ class ConditionalUNet(nn.Module):
             timesteps: (B,) on MONAI's 0..1000 scale (floats allowed).
             mask: integer label map (B, 1, *spatial) with values in [0, num_labels), negative for unknown; None (or
                 all unknown) for no mask.
-            cls: class indices (B,) in [0, num_classes] (num_classes = no class); needed when num_classes > 0.
+            cls: class indices (B,) in [0, num_classes] (num_classes = no class); None for no class.
         Returns:
             (B, C, *spatial): the velocity (flow matching) or noise (DDPM) prediction.
         """
+        if self.num_classes and cls is None:
+            cls = torch.full((x.shape[0],), self.num_classes, device=x.device)
         context = self.class_context(cls) if self.num_classes else None
         if not self.num_labels or (mask is None and self.controlnet is not None):
             return self.unet(x, timesteps, context=context)
@@ -129,3 +139,8 @@ class ConditionalUNet(nn.Module):
             down_block_additional_residuals=[d * gate for d in down],
             mid_block_additional_residual=mid * gate,
         )
+
+
+def _blocks(net: nn.Module) -> list[nn.Module]:
+    """The down, middle and up blocks of a MONAI diffusion UNet or ControlNet."""
+    return [*net.down_blocks, net.middle_block, *getattr(net, "up_blocks", [])]

@@ -26,8 +26,10 @@ def save_grid(
     titles: Sequence[str] | None = None,
     value_range: tuple[float, float] = (-1.0, 1.0),
     num_labels: int = 4,
+    max_columns: int = 8,
 ) -> str:
-    """Saves a grid with one column per case and one row per named list of images.
+    """Saves a grid with one column per case and one row per named list of images, wrapped into blocks of at
+    most ``max_columns`` cases.
 
     Args:
         path: PNG file to write.
@@ -36,25 +38,24 @@ def save_grid(
         titles: optional column titles (e.g. class names).
     """
     n = max(len(images) for _, images in rows)
-    fig, axes = plt.subplots(len(rows), n, figsize=(1.6 * n, 1.7 * len(rows)), squeeze=False)
+    columns, blocks = min(n, max_columns), -(-n // max_columns)
+    fig, axes = plt.subplots(
+        blocks * len(rows), columns, figsize=(1.6 * columns, 1.7 * blocks * len(rows)), squeeze=False
+    )
+    for ax in axes.flat:
+        ax.axis("off")
     for r, (name, images) in enumerate(rows):
-        for c in range(n):
-            ax = axes[r][c]
-            ax.axis("off")
-            if c >= len(images):
-                continue
+        for i, image in enumerate(images):
+            ax = axes[(i // columns) * len(rows) + r][i % columns]
             if name == "mask":
-                ax.imshow(
-                    _view(images[c]), cmap="viridis", vmin=0, vmax=max(num_labels - 1, 1), interpolation="nearest"
-                )
+                ax.imshow(_view(image), cmap="viridis", vmin=0, vmax=max(num_labels - 1, 1), interpolation="nearest")
             else:
-                ax.imshow(_view(images[c]), cmap="gray", vmin=value_range[0], vmax=value_range[1])
-            if c == 0:
-                ax.set_title(name, fontsize=8, loc="left")
-            elif r == 0 and titles:
-                ax.set_title(titles[c], fontsize=7)
-        if r == 0 and titles:
-            axes[0][0].set_title(f"{name}  {titles[0]}", fontsize=8, loc="left")
+                ax.imshow(_view(image), cmap="gray", vmin=value_range[0], vmax=value_range[1])
+            label = [name] if i % columns == 0 else []
+            if r == 0 and titles:
+                label.append(str(titles[i]))
+            if label:
+                ax.set_title("  ".join(label), fontsize=8, loc="left")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -1,0 +1,114 @@
+"""Downstream networks trained on real or synthetic data: a tissue segmenter and a class classifier.
+
+The segmenter trained on the real training split also measures mask consistency: how well a generated image
+follows its conditioning mask. Both are small MONAI networks trained with MONAI's ``SupervisedTrainer`` and
+saved as model files (weights + card, loaded with ``weights_only=True``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from monai.data import CacheDataset, DataLoader
+from monai.engines import SupervisedTrainer
+from monai.losses import DiceCELoss
+from monai.networks.nets import Classifier, UNet
+from monai.utils import set_determinism
+from torch import nn
+
+from .checkpoint import ModelCard, load_model, save_model
+from .data import input_transforms
+from .flow import plain
+
+TASKS = {"segmenter": "label", "classifier": "class"}  # task -> the case key it predicts
+
+
+def build(task: str, image_size: Sequence[int], num_outputs: int) -> nn.Module:
+    """A small segmentation UNet (num_outputs = labels) or CNN classifier (num_outputs = classes)."""
+    if task == "segmenter":
+        return UNet(len(image_size), 1, num_outputs, channels=(16, 32, 64, 128), strides=(2, 2, 2), num_res_units=1)
+    if task == "classifier":
+        return Classifier((1, *image_size), num_outputs, channels=(16, 32, 64, 128), strides=(2, 2, 2, 2))
+    raise ValueError(f"task must be one of {tuple(TASKS)}, got {task!r}")
+
+
+def card(task: str, image_size: Sequence[int], num_outputs: int, intensity_range=None) -> ModelCard:
+    return ModelCard(task, {"num_outputs": num_outputs}, image_size, intensity_range)
+
+
+def train(
+    task: str,
+    cases: Sequence[dict],
+    image_size: Sequence[int],
+    num_outputs: int,
+    intensity_range: Sequence[float],
+    num_labels: int = 0,
+    iterations: int = 600,
+    batch_size: int = 16,
+    lr: float = 1e-3,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+) -> nn.Module:
+    """Trains a ``task`` network on ``cases`` (with augmentation) for about ``iterations`` steps; returns it.
+
+    Args:
+        cases: cases with ``image`` and the target (``label`` for the segmenter, ``class`` for the classifier).
+        num_outputs: labels (segmenter) or classes (classifier).
+        intensity_range: the data units mapped to [-1, 1] (the generative model's, so inputs look alike).
+        num_labels: label count for checking masks (segmenter); 0 skips the check.
+    """
+    set_determinism(seed)
+    target = TASKS[task]
+    network = build(task, image_size, num_outputs).to(device)
+    transforms = input_transforms(image_size, num_labels, intensity_range, augment=True)
+    dataset = CacheDataset(list(cases), transforms, progress=False)
+    loader = DataLoader(dataset, batch_size=min(batch_size, len(dataset)), shuffle=True, drop_last=True)
+
+    def prepare_batch(batch, device=None, non_blocking=False, **kwargs):
+        y = plain(batch[target], device)
+        return plain(batch["image"], device), (y.long().view(-1) if task == "classifier" else y)
+
+    loss = DiceCELoss(to_onehot_y=True, softmax=True) if task == "segmenter" else nn.CrossEntropyLoss()
+    trainer = SupervisedTrainer(
+        device=torch.device(device),
+        max_epochs=math.ceil(iterations / len(loader)),
+        train_data_loader=loader,
+        network=network,
+        optimizer=torch.optim.AdamW(network.parameters(), lr),
+        loss_function=loss,
+        prepare_batch=prepare_batch,
+    )
+    trainer.run()
+    return network.eval()
+
+
+@torch.no_grad()
+def predict(network: nn.Module, images: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
+    """Label maps (N, 1, *spatial) from a segmenter, or classes (N,) from a classifier, for images (N, 1, ...)."""
+    device = next(network.parameters()).device
+    out = torch.cat([network(images[i : i + batch_size].to(device)).cpu() for i in range(0, len(images), batch_size)])
+    return out.argmax(1, keepdim=out.dim() > 2)
+
+
+def score(task: str, network: nn.Module, cases: Sequence[dict], transforms, num_outputs: int) -> float:
+    """Mean foreground Dice (segmenter) or accuracy (classifier) of ``network`` on ``cases``."""
+    from .evaluation import load_images
+    from .metrics import mask_dice
+
+    predicted = predict(network, load_images(cases, transforms))
+    if task == "segmenter":
+        return mask_dice(load_images(cases, transforms, key="label"), predicted, num_outputs)
+    return float((predicted == torch.tensor([int(c["class"]) for c in cases])).float().mean())
+
+
+def save(path: str, task: str, network: nn.Module, image_size, num_outputs: int, intensity_range) -> None:
+    save_model(path, network, None, card(task, image_size, num_outputs, intensity_range))
+
+
+def load(path: str, task: str, image_size: Sequence[int], num_outputs: int, device="cpu") -> nn.Module:
+    """Loads a saved ``task`` network, refusing one made for another task, image size or label/class count."""
+    network = build(task, image_size, num_outputs)
+    load_model(path, network, card(task, image_size, num_outputs), weights="model")
+    return network.to(device).eval()
