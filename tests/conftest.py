@@ -8,6 +8,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from ignite.engine import Events
+from monai.bundle import ConfigWorkflow
+from monai.handlers import from_engine
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "bundle"
@@ -53,14 +56,78 @@ def run_bundle(configs: list[str], **overrides):
 
     ``configs`` are file names under bundle/configs (variants as "variants/x.json").
     """
-    from monai.bundle import ConfigWorkflow
-
     files = [str(CONFIGS / c) for c in configs]
     workflow = ConfigWorkflow(config_file=files, workflow_type=None, logging_file=False, **overrides)
     workflow.initialize()
     workflow.run()
     workflow.finalize()
     return workflow
+
+
+def datalist_for(variant: str, embedded: Path, small_datalist: Path) -> str:
+    return str(embedded / "datalist_3d.json") if variant.endswith("3d") else str(small_datalist)
+
+
+def train(
+    variant: str, embedded: Path, datalist: str, output_dir: Path, epochs: int, configs: tuple = (), **extra
+) -> list[float]:
+    """Trains a tiny model of ``variant`` in this process (``configs``: extra config files merged after the
+    variant, e.g. train_ddpm.json); returns the loss of every iteration."""
+    overrides = {
+        **tiny(variant),
+        "dataset_dir": str(embedded),
+        "datalist": datalist,
+        "output_dir": str(output_dir),
+        "lr": 1e-3,
+        "batch_size": 4,
+        "train#trainer#max_epochs": epochs,
+        "preview_interval": epochs,
+        "checkpoint_interval": epochs,
+        **extra,
+    }
+    files = [str(CONFIGS / "train.json"), str(CONFIGS / f"variants/{variant}.json")]
+    files += [str(CONFIGS / f) for f in configs]
+    workflow = ConfigWorkflow(config_file=files, workflow_type=None, logging_file=False, **overrides)
+    workflow.initialize()
+    losses: list[float] = []
+    trainer = workflow.parser.get_parsed_content("train#trainer")
+    trainer.add_event_handler(
+        Events.ITERATION_COMPLETED, lambda e: losses.append(float(from_engine(["loss"], first=True)(e.state.output)))
+    )
+    workflow.run()
+    return losses
+
+
+def sample(
+    variant: str, embedded: Path, datalist: str, ckpt: Path, output_dir: Path, configs: tuple = (), **extra
+) -> Path:
+    """Runs inference (plus ``configs``, e.g. inference_ddpm.json or evaluate.json) with a tiny model."""
+    settings = {"num_steps": 2, "num_samples": 3, **tiny(variant), **extra}
+    run_bundle(
+        ["inference.json", f"variants/{variant}.json", *configs],
+        dataset_dir=str(embedded),
+        datalist=datalist,
+        ckpt_path=str(ckpt),
+        output_dir=str(output_dir),
+        **settings,
+    )
+    return output_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory, embedded, small_datalist) -> Path:
+    """A tiny mask_class_2d flow model trained for a few iterations with the bundle's train config."""
+    out = tmp_path_factory.mktemp("tiny_model")
+    train("mask_class_2d", embedded, str(small_datalist), out, epochs=3)
+    return out / "model.pt"
+
+
+@pytest.fixture(scope="session")
+def tiny_ddpm(tmp_path_factory, embedded, small_datalist) -> Path:
+    """The DDPM baseline of ``tiny_model``: same network, data and iterations, trained with train_ddpm.json."""
+    out = tmp_path_factory.mktemp("tiny_ddpm")
+    train("mask_class_2d", embedded, str(small_datalist), out, epochs=3, configs=("train_ddpm.json",))
+    return out / "model.pt"
 
 
 # errors a user's bad input may surface as (MONAI wraps transform and config errors in RuntimeError)

@@ -9,67 +9,13 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import CONFIGS, USER_ERRORS, VARIANTS, error_text, run_bundle, tiny
-from ignite.engine import Events
-from monai.bundle import ConfigWorkflow
-from monai.handlers import from_engine
 
-
-def _datalist(variant: str, embedded: Path, small_datalist: Path) -> str:
-    return str(embedded / "datalist_3d.json") if variant.endswith("3d") else str(small_datalist)
-
-
-def train(variant: str, embedded: Path, datalist: str, output_dir: Path, epochs: int, **extra) -> list[float]:
-    """Trains a tiny model of ``variant`` in this process; returns the loss of every iteration."""
-    overrides = {
-        **tiny(variant),
-        "dataset_dir": str(embedded),
-        "datalist": datalist,
-        "output_dir": str(output_dir),
-        "lr": 1e-3,
-        "batch_size": 4,
-        "train#trainer#max_epochs": epochs,
-        "preview_interval": epochs,
-        "checkpoint_interval": epochs,
-        **extra,
-    }
-    files = [str(CONFIGS / "train.json"), str(CONFIGS / f"variants/{variant}.json")]
-    files += [str(CONFIGS / f) for f in extra.pop("extra_configs", [])]
-    workflow = ConfigWorkflow(config_file=files, workflow_type=None, logging_file=False, **overrides)
-    workflow.initialize()
-    losses: list[float] = []
-    trainer = workflow.parser.get_parsed_content("train#trainer")
-    trainer.add_event_handler(
-        Events.ITERATION_COMPLETED, lambda e: losses.append(float(from_engine(["loss"], first=True)(e.state.output)))
-    )
-    workflow.run()
-    return losses
-
-
-def sample(variant: str, embedded: Path, datalist: str, ckpt: Path, output_dir: Path, **extra) -> Path:
-    settings = {"num_steps": 2, "num_samples": 3, **tiny(variant), **extra}
-    run_bundle(
-        ["inference.json", f"variants/{variant}.json"],
-        dataset_dir=str(embedded),
-        datalist=datalist,
-        ckpt_path=str(ckpt),
-        output_dir=str(output_dir),
-        **settings,
-    )
-    return output_dir
-
-
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory, embedded, small_datalist) -> Path:
-    """A tiny mask_class_2d flow model trained for a few iterations with the bundle's train config."""
-    out = tmp_path_factory.mktemp("tiny_model")
-    train("mask_class_2d", embedded, str(small_datalist), out, epochs=3)
-    return out / "model.pt"
+from conftest import USER_ERRORS, VARIANTS, datalist_for, error_text, sample, tiny, train
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_variant_trains_and_samples(variant, embedded, small_datalist, tmp_path):
-    datalist = _datalist(variant, embedded, small_datalist)
+    datalist = datalist_for(variant, embedded, small_datalist)
     losses = train(variant, embedded, datalist, tmp_path / "train", epochs=40 if variant.endswith("3d") else 20)
     assert len(losses) == 40 and np.isfinite(losses).all()
     assert np.mean(losses[-8:]) < 0.8 * np.mean(losses[:8]), losses

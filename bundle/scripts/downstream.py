@@ -30,7 +30,8 @@ def build(task: str, image_size: Sequence[int], num_outputs: int) -> nn.Module:
     if task == "segmenter":
         return UNet(len(image_size), 1, num_outputs, channels=(16, 32, 64, 128), strides=(2, 2, 2), num_res_units=1)
     if task == "classifier":
-        return Classifier((1, *image_size), num_outputs, channels=(16, 32, 64, 128), strides=(2, 2, 2, 2))
+        levels = max(1, min(4, int(math.log2(min(image_size))) - 2))  # feature maps no smaller than 4 x 4
+        return Classifier((1, *image_size), num_outputs, channels=(16, 32, 64, 128)[:levels], strides=(2,) * levels)
     raise ValueError(f"task must be one of {tuple(TASKS)}, got {task!r}")
 
 

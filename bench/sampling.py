@@ -1,0 +1,205 @@
+"""Speed and quality of flow matching against the DDPM baseline, measured in one run on one machine.
+
+Flow matching at NFE 1..50 (Euler; Heun and midpoint at matching NFE) and DDPM/DDIM at 10..1000 steps, each
+generating the test split through the bundle's own inference and evaluation configs, then:
+
+- quality: the evaluation metrics (paired PSNR/SSIM, mask Dice, histogram distance, MMD, diversity);
+- cost: seconds per sample and the sampler overhead ratio = sampling time / (NFE x one bare network forward
+  on the same batch);
+- training: seconds per iteration of the bundle's trainer against a bare PyTorch loop on the same network and
+  batch (trainer overhead ratio).
+
+Prints one Markdown table and writes ``results.json``, ``table.md``, ``quality_vs_nfe.png`` and
+``quality_vs_seconds.png`` into ``out_dir``.
+
+    python bench/sampling.py                      # the small default (about 10 minutes on 2 CPU cores)
+    python bench/sampling.py --ddpm_steps 1000    # the full DDPM sweep; see --help for every flag
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import fire
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "bundle" / "configs"
+sys.path.insert(0, str(ROOT / "bundle"))
+
+from monai.bundle import ConfigWorkflow  # noqa: E402
+
+from scripts.data import load_batch  # noqa: E402
+from scripts.flow import FlowPath, GenerativePrepareBatch, conditions  # noqa: E402
+from scripts.visualize import plt  # noqa: E402
+
+QUALITY = ("psnr_paired", "ssim_paired", "mask_dice", "hist_wasserstein", "mmd", "ms_ssim_diversity")
+
+
+def workflow(configs: list[str], **overrides) -> ConfigWorkflow:
+    """An initialised bundle workflow from config files under bundle/configs."""
+    wf = ConfigWorkflow(
+        config_file=[str(CONFIGS / c) for c in configs], workflow_type=None, logging_file=False, **overrides
+    )
+    wf.initialize()
+    return wf
+
+
+def settings(nfe, ddim_steps, ddpm_steps) -> list[dict]:
+    """Every sampler setting of the sweep: method, solver, steps and the NFE they cost."""
+    rows = [{"method": "flow", "solver": "euler", "num_steps": n, "nfe": n} for n in nfe]
+    for solver in ("heun", "midpoint"):
+        rows += [{"method": "flow", "solver": solver, "num_steps": n // 2, "nfe": n} for n in nfe if n >= 2]
+    rows += [{"method": "ddpm", "solver": "ddim", "num_steps": n, "nfe": n} for n in ddim_steps]
+    rows += [
+        {"method": "ddpm", "solver": "ddpm", "num_steps": n, "nfe": n} for n in ([ddpm_steps] if ddpm_steps else [])
+    ]
+    return rows
+
+
+def bare_forward_seconds(network, batch: dict, shape, repeats: int = 3) -> float:
+    """Seconds of one bare network call on ``batch`` (no solver, no guidance), the best of ``repeats``."""
+    device = next(network.parameters()).device
+    x = torch.randn(len(batch["index"]), *shape, device=device)
+    cond = conditions(batch, bool(network.num_labels), network.num_classes, device)
+    t = torch.full((len(x),), 500.0, device=device)
+    best = float("inf")
+    with torch.no_grad():
+        network(x, t, **cond)  # warm-up
+        for _ in range(repeats):
+            start = time.perf_counter()
+            network(x, t, **cond)
+            best = min(best, time.perf_counter() - start)
+    return best
+
+
+def sample_and_evaluate(setting: dict, ckpt: str, out: str, overrides: dict) -> dict:
+    """Runs the bundle's inference + evaluation for one setting; returns its metrics and timings."""
+    configs = ["inference.json"] + (["inference_ddpm.json"] if setting["method"] == "ddpm" else []) + ["evaluate.json"]
+    wf = workflow(
+        configs, ckpt_path=ckpt, output_dir=out, solver=setting["solver"], num_steps=setting["num_steps"], **overrides
+    )
+    wf.run()
+    result = json.loads((Path(out) / "metrics.json").read_text())
+    parser = wf.parser
+    network, cases = parser.get_parsed_content("network"), parser.get_parsed_content("cases")
+    batch = load_batch(cases[: parser.get_parsed_content("batch_size")], parser.get_parsed_content("transforms"))
+    forward = bare_forward_seconds(network, batch, [1, *parser.get_parsed_content("image_size")])
+    per_batch = result["seconds_per_sample"] * len(batch["index"])
+    result["sampler_overhead"] = per_batch / (result["nfe"] * forward)
+    return {**setting, **{k: result.get(k) for k in (*QUALITY, "seconds_per_sample", "sampler_overhead", "device")}}
+
+
+def training_overhead(ckpt_dir: str, iterations: int, overrides: dict) -> dict:
+    """Seconds per iteration: the bundle's trainer (data pipeline, EMA, handlers) vs a bare loop on one batch."""
+    wf = workflow(
+        ["train.json"],
+        output_dir=ckpt_dir,
+        preview_interval=10**6,
+        checkpoint_interval=10**6,
+        **{"train#trainer#max_epochs": 1, "train#trainer#epoch_length": iterations, **overrides},
+    )
+    parser = wf.parser
+    trainer = parser.get_parsed_content("train#trainer")
+    wf.run()
+    ours = trainer.state.times["EPOCH_COMPLETED"] / iterations
+
+    network, optimizer = parser.get_parsed_content("network"), parser.get_parsed_content("optimizer")
+    prepare = GenerativePrepareBatch(FlowPath(), parser["num_labels"] > 0, parser["num_classes"])
+    batch = next(iter(parser.get_parsed_content("train#dataloader")))
+    device = parser.get_parsed_content("device")
+    start = time.perf_counter()
+    for _ in range(iterations):
+        x_t, target, _, kwargs = prepare(batch, device)
+        loss = torch.nn.functional.mse_loss(network(x_t, **kwargs), target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    bare = (time.perf_counter() - start) / iterations
+    return {"trainer_seconds_per_iteration": ours, "bare_seconds_per_iteration": bare, "trainer_overhead": ours / bare}
+
+
+def table(rows: list[dict]) -> str:
+    head = ["method", "solver", "steps", "NFE", *QUALITY, "s/sample", "overhead"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["method"], r["solver"], r["num_steps"], r["nfe"], *(r[k] for k in QUALITY)]
+        cells += [r["seconds_per_sample"], r["sampler_overhead"]]
+        lines.append("| " + " | ".join(f"{c:.4g}" if isinstance(c, float) else str(c) for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], out_dir: str) -> None:
+    """Quality against NFE and against seconds per sample, one line per method and solver."""
+    for x_key, name in (("nfe", "quality_vs_nfe.png"), ("seconds_per_sample", "quality_vs_seconds.png")):
+        fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+        for ax, metric in zip(axes, ("psnr_paired", "ssim_paired", "mask_dice")):
+            for key in dict.fromkeys((r["method"], r["solver"]) for r in rows):
+                line = sorted((r[x_key], r[metric]) for r in rows if (r["method"], r["solver"]) == key)
+                if line and line[0][1] is not None:
+                    ax.plot(*zip(*line), marker="o", label=" ".join(key))
+            ax.set_xscale("log")
+            ax.set_xlabel("NFE" if x_key == "nfe" else "seconds per sample")
+            ax.set_title(metric)
+        axes[0].legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(os.path.join(out_dir, name), dpi=100)
+        plt.close(fig)
+
+
+def main(
+    flow_ckpt: str = str(ROOT / "bundle/models/model.pt"),
+    ddpm_ckpt: str = str(ROOT / "bundle/models/model_ddpm.pt"),
+    out_dir: str = str(ROOT / "bundle/docs/benchmarks"),
+    nfe: tuple = (1, 2, 4, 10, 20, 50),
+    ddim_steps: tuple = (10, 50, 250),
+    ddpm_steps: int = 1000,
+    train_iterations: int = 20,
+    overrides: str = "{}",
+) -> list[dict]:
+    """Runs the benchmark.
+
+    Args:
+        flow_ckpt, ddpm_ckpt: the two models (trained alike; the shipped ones by default).
+        out_dir: where results, table and plots go.
+        nfe: flow NFE values (Heun and midpoint run at the even ones).
+        ddim_steps: DDIM step counts; ddpm_steps: DDPM ancestral steps (0 to skip).
+        train_iterations: iterations timed for the trainer overhead.
+        overrides: JSON dict of bundle config overrides (e.g. a datalist or a tiny network for tests).
+    """
+    extra = json.loads(overrides) if isinstance(overrides, str) else dict(overrides)
+    os.makedirs(out_dir, exist_ok=True)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        cases = workflow(["inference.json", "evaluate.json"], ckpt_path=flow_ckpt, **extra)
+        sample_overrides = {"batch_size": len(cases.parser.get_parsed_content("real_cases")), **extra}
+        for i, setting in enumerate(settings(nfe, ddim_steps, ddpm_steps)):
+            ckpt = flow_ckpt if setting["method"] == "flow" else ddpm_ckpt
+            rows.append(sample_and_evaluate(setting, ckpt, os.path.join(tmp, f"run{i}"), sample_overrides))
+            print(f"{setting['method']} {setting['solver']} NFE {setting['nfe']}: {rows[-1]['seconds_per_sample']} s")
+        training = training_overhead(os.path.join(tmp, "train"), train_iterations, extra)
+    results = {
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
+        "device": rows[0]["device"] if rows else None,
+        "command": " ".join(sys.argv),
+        "rows": rows,
+        "training": training,
+    }
+    with open(os.path.join(out_dir, "results.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    text = table(rows) + "\n" + " | ".join(f"{k}: {v:.4g}" for k, v in training.items()) + "\n"
+    with open(os.path.join(out_dir, "table.md"), "w") as f:
+        f.write(text)
+    plot(rows, out_dir)
+    print(text)
+    return rows
+
+
+if __name__ == "__main__":
+    fire.Fire(main)

@@ -1,0 +1,1 @@
+"""What the operators share: image planes, the bundle, the output header, the label map, the jobs."""

@@ -1,0 +1,192 @@
+"""The bundle the app runs, and the way from image planes to MONAI MetaTensors and back.
+
+The model path (``-m`` or HOLOSCAN_MODEL_PATH) is a MOTFM bundle folder, or a folder holding exactly one (as
+``monai-deploy package --models`` lays models out in a package). A bundle folder has:
+
+- ``configs/inference.json``: the bundle's inference config (network, sampler, image size, seed, device);
+- ``configs/deploy.json`` (optional): overrides merged after it, like the bundle's ``configs/variants/*.json``
+  (e.g. a 3D variant, another image size, fewer solver steps);
+- ``configs/metadata.json``: the model's name and version, written into the output's equipment attributes;
+- ``scripts/``: the bundle's code; the app reaches the network only through ``scripts.sampler``;
+- ``models/model.pt``: the weights with their model card (checked against the config).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+
+from .images import Plane
+from .jobs import ModelInfo
+
+CONFIGS = ("configs/inference.json", "configs/deploy.json")
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
+
+
+def find_bundle(path: Path) -> Path:
+    """The bundle root at ``path``: ``path`` itself or its only sub-folder that has configs/inference.json."""
+    path = Path(path).resolve()
+    if (path / CONFIGS[0]).is_file():
+        return path
+    found = [p for p in sorted(path.iterdir()) if (p / CONFIGS[0]).is_file()] if path.is_dir() else []
+    if len(found) != 1:
+        what = "none" if not found else ", ".join(p.name for p in found)
+        raise FileNotFoundError(
+            f"model path {path} must be a MOTFM bundle (with {CONFIGS[0]}) or hold exactly one (found {what})"
+        )
+    return found[0]
+
+
+@dataclass
+class Model:
+    """A loaded bundle: what the operators need to run it."""
+
+    network: torch.nn.Module
+    sampler: Any  # scripts.sampler.FlowSampler
+    image_size: list[int]
+    num_labels: int
+    num_classes: int
+    intensity_range: list[float]
+    seed: int
+    batch_size: int
+    device: torch.device
+    name: str
+    version: str
+    settings: str  # method, solver and steps, for the derivation description
+
+    @property
+    def spatial_dims(self) -> int:
+        return len(self.image_size)
+
+    @property
+    def info(self) -> ModelInfo:
+        return ModelInfo(self.name, self.version, self.settings)
+
+    def prepare(self, cases: Sequence[dict], intensity_range: Sequence[float] | None = None) -> list[dict]:
+        """Cases {"image"?, "label"?: MetaTensor (1, *spatial), ...} on the model's grid (the bundle's
+        ``model_transforms``); images scaled from ``intensity_range`` to [-1, 1]."""
+        from scripts.data import model_transforms
+
+        transforms = model_transforms(self.image_size, self.num_labels, intensity_range)
+        return [transforms(case) for case in cases]
+
+    def restore(
+        self, images: torch.Tensor, references: Sequence[MetaTensor], intensity_range: Sequence[float]
+    ) -> list[np.ndarray]:
+        """Model outputs (B, 1, *image_size) in [-1, 1] back to ``intensity_range`` units on the source grid of
+        each prepared reference; returns the (rows, columns) planes of all of them, in order."""
+        from scripts.data import to_source_grid, to_units
+
+        units = to_units(images.detach().cpu(), intensity_range)
+        return [plane for image, ref in zip(units, references) for plane in to_planes(to_source_grid(image, ref))]
+
+
+class Bundle:
+    """The bundle at ``path``, loaded on first use of ``model`` (a run without jobs never loads it)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    @cached_property
+    def model(self) -> Model:
+        from monai.bundle import ConfigParser
+
+        root = find_bundle(self.path)
+        if str(root) not in sys.path:
+            sys.path.insert(0, str(root))  # the configs name `scripts.*`
+        parser = ConfigParser()
+        parser.read_config([str(root / c) for c in CONFIGS if (root / c).is_file()])
+        parser["bundle_root"] = str(root)
+        parser["ckpt_path"] = str(root / "models" / "model.pt")
+        try:
+            card = parser.get_parsed_content("model_card")  # loads the weights into `network` after checking them
+        except RuntimeError as e:  # MONAI wraps the error of a config expression; its cause says what is wrong
+            cause = e
+            while cause.__cause__ is not None:
+                cause = cause.__cause__
+            raise cause from None
+        network = parser.get_parsed_content("network").eval()
+        meta_file = root / "configs" / "metadata.json"
+        meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+        sampler = parser.get_parsed_content("sampler")
+        value = parser.get_parsed_content
+        return Model(
+            network=network,
+            sampler=sampler,
+            image_size=[int(s) for s in value("image_size")],
+            num_labels=int(value("num_labels")),
+            num_classes=int(value("num_classes")),
+            intensity_range=[float(v) for v in card["intensity_range"]],
+            seed=int(value("seed")),
+            batch_size=int(value("batch_size")),
+            device=torch.device(value("device")),
+            name=str(meta.get("name", root.name)),
+            version=str(meta.get("version", "unknown")),
+            settings=f"{card['method']}, {sampler.solver} solver, {sampler.num_steps} steps",
+        )
+
+
+def _affine(plane: Plane, step: np.ndarray) -> np.ndarray:
+    """4x4 RAS affine of voxel (column, row, slice) for ``plane``, with ``step`` (3,) LPS mm between slices."""
+    affine = np.eye(4)
+    affine[:3, 0] = plane.row_cosine * plane.spacing[1]
+    affine[:3, 1] = plane.column_cosine * plane.spacing[0]
+    affine[:3, 2] = step
+    affine[:3, 3] = plane.position
+    affine[:3] = LPS_TO_RAS @ affine[:3]
+    return affine
+
+
+def _tensor(array: np.ndarray, affine: np.ndarray, where: str) -> MetaTensor:
+    affine = torch.as_tensor(affine, dtype=torch.float64)
+    meta = {"original_affine": affine, "spatial_shape": np.array(array.shape), "filename_or_obj": where}
+    return MetaTensor(torch.as_tensor(array[None]), affine=affine, meta=meta)
+
+
+def plane_tensor(plane: Plane, array: np.ndarray) -> MetaTensor:
+    """A (rows, columns) array on ``plane`` as a 2D MetaTensor (1, columns, rows).
+
+    Its affine maps (column, row) onto the two patient axes (RAS) closest to the plane, so that the model's
+    orientation (RAS) puts axial, coronal and sagittal slices the way up it was trained on; oblique planes get
+    the nearest of those.
+    """
+    full = _affine(plane, plane.normal)
+    axes = [a for a in range(3) if a != int(np.argmax(np.abs(LPS_TO_RAS @ plane.normal)))]
+    return _tensor(array.T, full[np.ix_([*axes, 3], [0, 1, 3])], plane.where)
+
+
+def volume_tensor(planes: Sequence[Plane], arrays: Sequence[np.ndarray]) -> MetaTensor:
+    """Planes of one stack and their (rows, columns) arrays as a 3D MetaTensor (1, columns, rows, slices).
+
+    The slice step is the mean distance between planes along their normal (uneven spacing is averaged).
+    """
+    first = planes[0]
+    for plane in planes[1:]:
+        if plane.shape != first.shape or not np.allclose(plane.orientation, first.orientation, atol=1e-3):
+            raise ValueError(f"{plane.where}: a 3D model needs one stack, but its size or orientation differs")
+    offsets = [float((p.position - first.position) @ first.normal) for p in planes]
+    step = (offsets[-1] - offsets[0]) / (len(planes) - 1) if len(planes) > 1 else float(first.spacing.min())
+    if step <= 0:
+        raise ValueError(f"{first.where}: the series' planes share one position; a 3D model needs a stack")
+    volume = np.stack([a.T for a in arrays], axis=-1)
+    return _tensor(volume, _affine(first, first.normal * step), first.where)
+
+
+def to_planes(tensor: torch.Tensor) -> list[np.ndarray]:
+    """The inverse of ``plane_tensor`` / ``volume_tensor``: (1, columns, rows[, slices]) -> (rows, columns) arrays."""
+    array = np.asarray(tensor.detach().cpu(), dtype=np.float32)[0]
+    return [array.T] if array.ndim == 2 else [array[..., k].T for k in range(array.shape[-1])]
+
+
+def batches(items: Sequence, size: int) -> Iterator[Sequence]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

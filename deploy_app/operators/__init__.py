@@ -1,0 +1,1 @@
+"""The application's operators, one a file."""

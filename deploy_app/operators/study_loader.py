@@ -1,0 +1,92 @@
+"""Loads the DICOM files under the input folder into studies, file by file, keeping every problem."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from monai.deploy.core import OperatorSpec
+from monai.deploy.core.domain.dicom_series import DICOMSeries
+from monai.deploy.core.domain.dicom_study import DICOMStudy
+from monai.deploy.operators.dicom_data_loader_operator import DICOMDataLoaderOperator
+from pydicom import dcmread
+from pydicom.errors import InvalidDicomError
+
+logger = logging.getLogger(__name__)
+UIDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
+
+
+class StudyLoaderOperator(DICOMDataLoaderOperator):
+    """The SDK's DICOM loader, made tolerant: one bad file does not stop the run, and none is dropped silently.
+
+    - a file that is not DICOM is skipped with a warning naming it;
+    - a DICOM file that cannot be parsed or lacks its UIDs is a failure naming it, reported at the end of the
+      run (the other files are still used);
+    - every instance is kept (the SDK loader keeps one instance per position, which loses instances).
+
+    Named outputs:
+        dicom_study_list: list[DICOMStudy], as the SDK loader gives (for the SDK's series selector).
+        failures: list[str], one message per unusable file.
+    """
+
+    def setup(self, spec: OperatorSpec) -> None:
+        super().setup(spec)
+        spec.output("failures")
+
+    def compute(self, op_input, op_output, context) -> None:
+        studies, failures = self.load(Path(self.input_path))
+        op_output.emit(studies, self.output_name)
+        op_output.emit(failures, "failures")
+
+    def load(self, folder: Path) -> tuple[list[DICOMStudy], list[str]]:
+        """Reads every file under ``folder``; returns the studies and the failures. Raises ValueError if nothing
+        in ``folder`` is a usable DICOM instance."""
+        if not folder.is_dir():
+            raise ValueError(f"input folder {folder} does not exist or is not a folder")
+        files = sorted(p for p in folder.rglob("*") if p.is_file())
+        studies: dict[str, DICOMStudy] = {}
+        series: dict[str, DICOMSeries] = {}
+        failures, skipped, seen = [], [], set()
+        for count, path in enumerate(files, 1):
+            if count % 500 == 0:
+                logger.info(f"read {count} of {len(files)} files")
+            try:
+                ds = dcmread(path)
+            except InvalidDicomError:
+                logger.warning(f"{path}: not a DICOM file, skipped")
+                skipped.append(f"{path}: not a DICOM file")
+                continue
+            except Exception as e:
+                failures.append(f"{path}: corrupt DICOM file ({type(e).__name__}: {e})")
+                continue
+            missing = [k for k in UIDS if not ds.get(k)]
+            if missing:
+                failures.append(f"{path}: not a usable DICOM instance (no {', '.join(missing)})")
+                continue
+            if ds.SOPClassUID in self.SOP_CLASSES_TO_IGNORE or ds.SOPInstanceUID in seen:
+                logger.info(f"{path}: a DICOMDIR or an instance read before, skipped")
+                continue
+            try:
+                self._add(ds, studies, series)
+            except Exception as e:
+                failures.append(f"{path}: unreadable study or series attributes ({type(e).__name__}: {e})")
+                continue
+            seen.add(ds.SOPInstanceUID)
+        if not studies:
+            problems = (failures + skipped)[:10] or [f"{folder} holds no files"]
+            raise ValueError(f"no DICOM study in input folder {folder}: " + "; ".join(problems))
+        logger.info(f"read {len(seen)} instances of {len(series)} series in {len(studies)} studies from {folder}")
+        return list(studies.values()), failures
+
+    def _add(self, ds, studies: dict[str, DICOMStudy], series: dict[str, DICOMSeries]) -> None:
+        study_uid, series_uid = str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID)
+        if study_uid not in studies:
+            study = DICOMStudy(study_uid)
+            self.populate_study_attributes(study, ds)
+            studies[study_uid] = study
+        if series_uid not in series:
+            new = DICOMSeries(series_uid)
+            self.populate_series_attributes(new, ds)
+            series[series_uid] = new
+            studies[study_uid].add_series(new)
+        series[series_uid].add_sop_instance(ds)

