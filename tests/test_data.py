@@ -7,8 +7,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import USER_ERRORS, error_text
 
+from conftest import USER_ERRORS, error_text
 from scripts.data import input_transforms, load_cases, percentile_range, to_source_grid, to_units
 
 

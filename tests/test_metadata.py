@@ -15,9 +15,10 @@ import monai
 import numpy as np
 import pytest
 import torch
-from conftest import BUNDLE, CONFIGS
 from monai.bundle import ConfigParser, verify_metadata
 from packaging.version import Version
+
+from conftest import BUNDLE, CONFIGS
 
 META = CONFIGS / "metadata.json"
 SCHEMA = BUNDLE / "docs" / "meta_schema_20240725.json"
