@@ -109,7 +109,7 @@ def _write_3d(out_dir: str) -> dict:
 def _meta(split: dict, description: str) -> dict:
     return {
         "description": description,
-        "source": "MNI ICBM 152 2009 nonlinear symmetric template, from nilearn (see bundle/docs/data_license.txt)",
+        "source": "MNI ICBM 152 2009a nonlinear symmetric template, from nilearn (see bundle/docs/data_license.txt)",
         "labels": dict(enumerate(LABEL_NAMES)),
         **split,
     }
