@@ -162,7 +162,7 @@ def main(
     ddpm_steps: int = 1000,
     train_iterations: int = 20,
     overrides: str = "{}",
-) -> list[dict]:
+) -> None:
     """Runs the benchmark.
 
     Args:
@@ -198,7 +198,6 @@ def main(
         f.write(text)
     plot(rows, out_dir)
     print(text)
-    return rows
 
 
 if __name__ == "__main__":
