@@ -89,3 +89,30 @@ def test_condition_dropout_replaces_class_and_mask():
     dropped = kwargs["mask"].flatten(1).eq(-1).all(1)
     kept = kwargs["mask"].flatten(1).ge(0).all(1)
     assert torch.all(dropped | kept)  # a whole mask is dropped or kept, never part of one
+
+
+def test_exact_ot_pairing_is_a_permutation_with_lower_cost():
+    from scripts.flow import ot_pairing
+
+    g = torch.Generator().manual_seed(0)
+    x0, x1 = torch.randn(32, 2, generator=g), torch.randn(32, 2, generator=g) + torch.tensor([3.0, 0.0])
+    paired = ot_pairing(x0, x1, "exact")
+    order = [int(torch.nonzero((x0 == p).all(1))[0]) for p in paired]
+    assert sorted(order) == list(range(32))  # every noise sample used exactly once
+    assert (paired - x1).pow(2).sum() < (x0 - x1).pow(2).sum()  # cheaper than the random (given) pairing
+    sinkhorn = ot_pairing(x0, x1, "sinkhorn", reg=0.01)
+    assert (sinkhorn - x1).pow(2).sum() < (x0 - x1).pow(2).sum()
+    # exact OT is optimal: no random permutation does better
+    for _ in range(20):
+        perm = torch.randperm(32, generator=g)
+        assert (paired - x1).pow(2).sum() <= (x0[perm] - x1).pow(2).sum() + 1e-9
+
+
+def test_coupled_flow_path_keeps_the_path_math():
+    torch.manual_seed(0)
+    x1 = torch.randn(8, 1, 4, 4)
+    x_t, timesteps, target = FlowPath(coupling="exact")(x1)
+    t = (timesteps / TIME_SCALE).view(-1, 1, 1, 1)
+    assert torch.allclose(x_t + (1 - t) * target, x1, atol=1e-5)
+    with pytest.raises(ValueError, match="coupling"):
+        FlowPath(coupling="greedy")
