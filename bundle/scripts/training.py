@@ -1,4 +1,5 @@
-"""Training handlers for MONAI's ``SupervisedTrainer``: per-epoch seeding, resumable checkpoints, previews.
+"""Training handlers for MONAI's ``SupervisedTrainer``: per-epoch seeding, the weights' moving average, a learning
+rate schedule, resumable checkpoints, throughput and previews.
 
 Every epoch's randomness (data order, augmentation, noise, times) is a function of (seed, epoch, rank), so a run
 resumed from an epoch-end checkpoint repeats exactly what an uninterrupted run would have done.
@@ -7,24 +8,26 @@ resumed from an epoch-end checkpoint repeats exactly what an uninterrupted run w
 from __future__ import annotations
 
 import logging
+import math
 import os
+import time
 from copy import deepcopy
+from functools import partial
 
 import torch
-import torch.distributed as dist
 from ignite.engine import Engine, Events
 from monai.data.utils import set_rnd
 from monai.utils import set_determinism
 from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
 
 from .checkpoint import ModelCard, read_checkpoint, save_atomic, save_model
+from .distributed import rank, world_size
 from .visualize import save_grid
 
 logger = logging.getLogger(__name__)
 
-
-def rank() -> int:
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+LR_SCHEDULES = ("constant", "cosine")
 
 
 def unwrap(network: nn.Module) -> nn.Module:
@@ -54,36 +57,73 @@ class EpochSeeder:
 class EMA:
     """Exponential moving average of the network's weights, which sampling uses by default.
 
-    After iteration n the average moves towards the weights by 1 - d with d = min(decay, (1 + n) / (10 + n)): it
-    follows quickly early on and depends only on the iteration, so a resumed run averages exactly as before.
+    After each optimizer step (once per ``accumulation_steps`` iterations; a step that the fp16 grad scaler skips is
+    no step) the average moves towards the weights by 1 - d with d = min(decay, (1 + n) / (10 + n)) at iteration n:
+    it follows quickly early on and depends only on the iteration, so a resumed run averages exactly as before.
 
     Args:
         network: the trained network (or its DDP wrapper).
+        optimizer: the network's optimizer, whose steps the average follows.
         decay: the long-run decay.
     """
 
-    def __init__(self, network: nn.Module, decay: float = 0.999) -> None:
+    def __init__(self, network: nn.Module, optimizer: torch.optim.Optimizer, decay: float = 0.999) -> None:
         self.network, self.decay = unwrap(network), decay
         self.model = deepcopy(self.network).requires_grad_(False)
+        self.stepped = False
+        optimizer.register_step_post_hook(self._on_step)
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.ITERATION_COMPLETED, self)
 
-    @torch.no_grad()
+    def _on_step(self, optimizer: torch.optim.Optimizer, args, kwargs) -> None:
+        self.stepped = True
+
     def __call__(self, engine: Engine) -> None:
-        n = engine.state.iteration
-        weight = 1.0 - min(self.decay, (1 + n) / (10 + n))
+        if self.stepped:
+            self.update(engine.state.iteration)
+            self.stepped = False
+
+    @torch.no_grad()
+    def update(self, iteration: int) -> None:
+        weight = 1.0 - min(self.decay, (1 + iteration) / (10 + iteration))
         torch._foreach_lerp_(list(self.model.parameters()), list(self.network.parameters()), weight)
         for ema_buffer, buffer in zip(self.model.buffers(), self.network.buffers()):
             ema_buffer.copy_(buffer)
+
+
+def lr_factor(iteration: int, schedule: str, warmup: int, total: int) -> float:
+    """The learning rate's factor at ``iteration``: a linear warmup over ``warmup`` iterations, then constant or a
+    cosine decay that reaches 0 at iteration ``total`` (and stays there)."""
+    if iteration < warmup:
+        return (iteration + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    return 0.5 * (1.0 + math.cos(math.pi * min((iteration - warmup) / max(total - warmup, 1), 1.0)))
+
+
+def lr_scheduler(optimizer: torch.optim.Optimizer, schedule: str = "constant", warmup: int = 0, total: int = 0):
+    """A ``LambdaLR`` of ``lr_factor``, to be stepped every iteration (MONAI's ``LrScheduleHandler`` with
+    ``epoch_level=False``). Its state holds only its position: the schedule itself comes from the config.
+
+    Args:
+        optimizer: the optimizer whose learning rates it scales.
+        schedule: "constant" or "cosine".
+        warmup: warmup iterations (0 for none).
+        total: the run's iterations (for "cosine").
+    """
+    if schedule not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {schedule!r}")
+    return LambdaLR(optimizer, partial(lr_factor, schedule=schedule, warmup=int(warmup), total=int(total)))
 
 
 class TrainingCheckpoint:
     """Resumable training in one file, plus the model file; both written atomically.
 
     At start (every rank) it resumes from ``checkpoint_path`` if that exists. Every ``interval`` epochs and at
-    the end, rank 0 writes the network, EMA, optimizer, LR scheduler, trainer state and card to
-    ``checkpoint_path`` and the weights with the card to ``model_path``.
+    the end, rank 0 writes the network, EMA, optimizer, LR scheduler, the trainer's grad scaler (mixed precision),
+    trainer state and card to ``checkpoint_path`` and the weights with the card to ``model_path``. A state that
+    the checkpoint lacks (e.g. a schedule added since it was written) starts afresh, with a warning.
     """
 
     def __init__(
@@ -110,13 +150,20 @@ class TrainingCheckpoint:
         engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self.save)
         engine.add_event_handler(Events.COMPLETED, self.save)
 
+    def _objects(self, engine: Engine) -> dict:
+        scaler = getattr(engine, "scaler", None)  # MONAI's trainer makes it in run() when amp is on
+        return self.objects if scaler is None else {**self.objects, "scaler": scaler}
+
     def resume(self, engine: Engine) -> None:
         if not os.path.isfile(self.checkpoint_path):
             return
         state = read_checkpoint(self.checkpoint_path)
         self.card.load_state_dict(state["card"])
-        for name, obj in self.objects.items():
-            obj.load_state_dict(state[name])
+        for name, obj in self._objects(engine).items():
+            if name in state:
+                obj.load_state_dict(state[name])
+            else:
+                logger.warning(f"{self.checkpoint_path} has no {name} state: it starts afresh")
         max_epochs = engine.state.max_epochs
         engine.load_state_dict({**state["trainer"], "max_epochs": max(max_epochs, state["trainer"]["max_epochs"])})
         engine.state.max_epochs = max_epochs
@@ -130,11 +177,32 @@ class TrainingCheckpoint:
     def save(self, engine: Engine) -> None:
         if rank() != 0:
             return
-        state = {name: obj.state_dict() for name, obj in self.objects.items()}
+        state = {name: obj.state_dict() for name, obj in self._objects(engine).items()}
         state["trainer"] = {k: engine.state_dict()[k] for k in ("iteration", "epoch_length", "max_epochs")}
         state["card"] = self.card.state_dict()
         save_atomic(state, self.checkpoint_path)
         save_model(self.model_path, self.network, self.ema, self.card)
+
+
+class TrainingStats:
+    """At each epoch end, puts the epoch's throughput (images per second, all ranks together) and the learning rate
+    into ``engine.state.metrics``, where the console, TensorBoard and MLflow handlers log them."""
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self.start)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.count)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.report)
+
+    def start(self, engine: Engine) -> None:
+        self.images, self.time = 0, time.perf_counter()
+
+    def count(self, engine: Engine) -> None:
+        self.images += len(engine.state.batch)  # MONAI decollates the batch: one item per image
+
+    def report(self, engine: Engine) -> None:
+        seconds = time.perf_counter() - self.time
+        engine.state.metrics["images_per_second"] = self.images * world_size() / seconds
+        engine.state.metrics["lr"] = engine.optimizer.param_groups[0]["lr"]
 
 
 class PreviewHandler:

@@ -1,0 +1,236 @@
+"""Training at scale, measured on this machine's device (CUDA if present, else CPU):
+
+    python bench/scale.py throughput [--variants mask_class_2d,mask_3d] [--iterations 4] [--out results/scale]
+    python bench/scale.py memory [--variants mask_3d,uncond_3d] [--gpu_gib 24,40,80,141] [--out results/scale]
+
+- throughput: images per second of one process, training (the bundle's train config: the second of two epochs of
+  ``--iterations`` steps, data loading and handlers included) and generating (the inference config at 10 Euler
+  NFE: 1 / seconds_per_sample of info.json), with untrained weights of the bundle's architecture. Under torchrun
+  each GPU runs one such process;
+- memory: the largest cube side (a multiple of 16) that trains at batch 1, 2 and 4 with and without activation
+  checkpointing, per GPU memory size. On CUDA it is measured: the peak ``torch.cuda.max_memory_allocated`` of two
+  mixed-precision training steps (AdamW, EMA copy, channels-last), with the process limited to each size by
+  ``torch.cuda.set_per_process_memory_fraction``. Without CUDA it is estimated for fp32 training: the bytes that
+  autograd saves for the backward pass, counted on PyTorch's meta device (shapes only, no memory, no compute), plus
+  the largest single block's saved bytes (recomputed in the backward pass with checkpointing; a stand-in for the
+  backward pass's transient buffers without), plus 20 bytes per parameter (weights, gradients, two AdamW moments
+  and the EMA copy), times 1.15 for allocator fragmentation and convolution workspaces, plus 0.5 GiB of CUDA
+  context.
+
+Each writes ``<out>/<name>.json`` and prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import tempfile
+from pathlib import Path
+
+import fire
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "bundle" / "configs"
+DATA = ROOT / "bundle" / "data"
+sys.path.insert(0, str(ROOT / "bundle"))
+
+from monai.bundle import ConfigParser, ConfigWorkflow  # noqa: E402
+
+from scripts.checkpoint import save_model  # noqa: E402
+
+SIDES = range(32, 513, 16)
+
+
+def machine() -> str:
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or platform.machine()
+    return f"{device}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+
+
+def _datalist(variant: str, folder: Path, copies: int) -> str:
+    """The bundle's datalist; for 3D its one volume repeated ``copies`` times in every split (to fill a batch)."""
+    if not variant.endswith("3d"):
+        return str(DATA / "datalist_2d.json")
+    content = json.loads((DATA / "datalist_3d.json").read_text())
+    path = folder / "datalist_3d.json"
+    path.write_text(json.dumps({split: content[split] * copies for split in ("training", "validation", "test")}))
+    return str(path)
+
+
+def _workflow(configs: list[str], **overrides) -> ConfigWorkflow:
+    files = [str(CONFIGS / c) for c in configs]
+    workflow = ConfigWorkflow(config_file=files, workflow_type=None, logging_file=False, **overrides)
+    workflow.initialize()
+    return workflow
+
+
+def throughput(variants: str = "mask_class_2d,mask_3d", iterations: int = 4, out: str = "results/scale") -> None:
+    """Training and generation images per second of one process, per variant (default image size and batch)."""
+    rows = []
+    for variant in variants.split(","):
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp)
+            common = {"dataset_dir": str(DATA), "datalist": _datalist(variant, folder, copies=8)}
+            train = _workflow(
+                ["train.json", f"variants/{variant}.json"],
+                **common,
+                output_dir=str(folder / "train"),
+                preview_interval=10**6,
+                checkpoint_interval=10**6,
+                **{"train#trainer#max_epochs": 2, "train#trainer#epoch_length": iterations},
+            )
+            trainer = train.parser.get_parsed_content("train#trainer")
+            train.run()
+            parser = train.parser
+            save_model(
+                str(folder / "model.pt"),
+                parser.get_parsed_content("network"),
+                None,
+                parser.get_parsed_content("card"),
+            )
+            generate = _workflow(
+                ["inference.json", f"variants/{variant}.json"],
+                **common,
+                ckpt_path=str(folder / "model.pt"),
+                output_dir=str(folder / "samples"),
+                num_steps=10,
+            )
+            info = generate.run()[0]
+            rows.append(
+                {
+                    "variant": variant,
+                    "image_size": parser["image_size"],
+                    "batch_size": parser["batch_size"],
+                    "train_images_per_second": float(f"{trainer.state.metrics['images_per_second']:.3g}"),
+                    "generate_images_per_second": float(f"{1 / info['seconds_per_sample']:.3g}"),
+                    "nfe": info["nfe"],
+                    "device": info["device"],
+                }
+            )
+    header = "| variant | image size | batch | training images/s | generation images/s (10 NFE) | device |"
+    lines = [header, "|---|---|---|---|---|---|"] + [
+        f"| {r['variant']} | {'x'.join(map(str, r['image_size']))} | {r['batch_size']} | "
+        f"{r['train_images_per_second']} | {r['generate_images_per_second']} | {r['device']} |"
+        for r in rows
+    ]
+    _report(out, "throughput", rows, lines)
+
+
+def _network(variant: str, checkpointing: bool, device: str | torch.device):
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / "train.json"), str(CONFIGS / f"variants/{variant}.json")])
+    parser.update({"activation_checkpointing": checkpointing})
+    with torch.device(device):
+        return parser.get_parsed_content("network_def")
+
+
+def _inputs(network, batch: int, side: int, device) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    shape = (batch, 1, side, side, side)
+    cond = {"mask": torch.zeros(shape, dtype=torch.long, device=device)} if network.num_labels else {}
+    if network.num_classes:
+        cond["cls"] = torch.zeros(batch, dtype=torch.long, device=device)
+    return torch.randn(shape, device=device), torch.full((batch,), 500.0, device=device), cond
+
+
+def _saved(network, batch: int, side: int, blocks: list = ()) -> tuple[int, int]:
+    """(bytes that autograd saves for the backward pass in one forward, the most that one of ``blocks`` saves)."""
+    saved, starts, most = 0, {}, 0
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        nonlocal saved
+        saved += t.numel() * t.element_size()
+        return t
+
+    def leave(module, args, output) -> None:
+        nonlocal most
+        most = max(most, saved - starts[module])
+
+    for b in blocks:
+        b.register_forward_pre_hook(lambda module, args: starts.__setitem__(module, saved))
+        b.register_forward_hook(leave)
+    x, t, cond = _inputs(network, batch, side, "meta")
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        network(x, t, **cond)
+    return saved, most
+
+
+def estimated_gib(variant: str, side: int, batch: int, checkpointing: bool) -> float:
+    """The estimated peak GiB of fp32 training (see the module docstring), from the meta device."""
+    plain = _network(variant, False, "meta")
+    saved, block = _saved(plain, batch, side, [*plain.unet.down_blocks, plain.unet.middle_block, *plain.unet.up_blocks])
+    if checkpointing:
+        saved, _ = _saved(_network(variant, True, "meta"), batch, side)
+    states = 20 * sum(p.numel() for p in plain.parameters())
+    return (1.15 * (states + saved + block) + 0.5 * 2**30) / 2**30
+
+
+def measured_gib(variant: str, side: int, batch: int, checkpointing: bool) -> float | None:
+    """The peak GiB that two mixed-precision training steps reserve on CUDA, plus 0.5 GiB of CUDA context; None if
+    they run out of memory."""
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    try:
+        network = _network(variant, checkpointing, "cuda").to(memory_format=torch.channels_last_3d)
+        ema = [p.detach().clone() for p in network.parameters()]
+        optimizer = torch.optim.AdamW(network.parameters())
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
+        x, t, cond = _inputs(network, batch, side, "cuda")
+        for _ in range(2):
+            with torch.autocast("cuda", dtype=dtype):
+                loss = torch.nn.functional.mse_loss(network(x, t, **cond).float(), x)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            torch._foreach_lerp_(ema, [p.detach() for p in network.parameters()], 0.001)
+        return torch.cuda.max_memory_reserved() / 2**30 + 0.5
+    except torch.cuda.OutOfMemoryError:
+        return None
+
+
+def memory(variants: str = "mask_3d,uncond_3d", gpu_gib: str = "24,40,80,141", out: str = "results/scale") -> None:
+    """The largest cube side per GPU memory size, batch and checkpointing (measured on CUDA, else estimated)."""
+    sizes = [float(s) for s in str(gpu_gib).split(",")]
+    cuda = torch.cuda.is_available()
+    if cuda:  # only the sizes this GPU can stand for
+        total = torch.cuda.get_device_properties(0).total_memory / 2**30
+        sizes = [s for s in sizes if s <= total] or [total]
+    peak_gib = measured_gib if cuda else estimated_gib
+    rows = []
+    for variant in variants.split(","):
+        for checkpointing in (False, True):
+            for batch in (1, 2, 4):
+                peaks = {}  # cube side -> GiB, up to the first side that needs more than the largest size
+                for side in SIDES:
+                    peaks[side] = peak_gib(variant, side, batch, checkpointing)
+                    if peaks[side] is None or peaks[side] > max(sizes):
+                        break
+                largest = {f"{g:g}": max((s for s, p in peaks.items() if p and p <= g), default=None) for g in sizes}
+                rows.append(
+                    {"variant": variant, "checkpointing": checkpointing, "batch": batch, "largest_side": largest}
+                )
+                rows[-1]["peak_gib"] = {s: round(p, 2) for s, p in peaks.items() if p}
+    method = "measured (mixed precision)" if cuda else "estimated (fp32, meta device)"
+    header = "| variant | checkpointing | batch | " + " | ".join(f"{g:g} GiB" for g in sizes) + " |"
+    lines = [f"{method}, {machine()}", "", header, "|---|---|---|" + "---|" * len(sizes)]
+    lines += [
+        f"| {r['variant']} | {'yes' if r['checkpointing'] else 'no'} | {r['batch']} | "
+        + " | ".join(f"{v}³" if v else "-" for v in r["largest_side"].values())
+        + " |"
+        for r in rows
+    ]
+    _report(out, "memory", rows, lines, method=method)
+
+
+def _report(out: str, name: str, rows: list, lines: list[str], **extra) -> None:
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, f"{name}.json"), "w") as f:
+        json.dump({"machine": machine(), **extra, "rows": rows}, f, indent=1)
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    fire.Fire({"throughput": throughput, "memory": memory})
