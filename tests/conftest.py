@@ -130,6 +130,24 @@ def tiny_ddpm(tmp_path_factory, embedded, small_datalist) -> Path:
     return out / "model.pt"
 
 
+@pytest.fixture(scope="module")
+def volumes(embedded: Path):
+    """The embedded 3D image and label volumes (nibabel images), to write DICOM studies from."""
+    from pacs_fixtures import load_volumes
+
+    return load_volumes(embedded)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> Path:
+    """A folder holding a tiny bundle (32 x 32, 2 Euler steps), as a packaged app's model folder."""
+    from deploy_fixtures import make_bundle
+
+    folder = tmp_path_factory.mktemp("models")
+    make_bundle(folder / "motfm")
+    return folder
+
+
 # errors a user's bad input may surface as (MONAI wraps transform and config errors in RuntimeError)
 USER_ERRORS = (RuntimeError, ValueError, FileNotFoundError)
 

@@ -1,0 +1,69 @@
+"""A burst through the DICOM node: STUDIES studies sent at once by a real PACS (Orthanc, one store job), processed by
+the deploy app and sent back into their studies; total seconds until the last new series is whole in the PACS.
+
+    python bench/pacs_burst.py [--studies 20] [--batch_studies 8] [--slices 3] [--out results/pacs_burst.json]
+
+Half the studies hold a DICOM SEG (synthesis), half only their MR series (denoising); each MR series has SLICES
+planes of 32 x 32. The model is the tests' tiny bundle (the real network structure, 32 x 32, 2 Euler steps) on the
+CPU: the time is the node's and the app's (start-up, DICOM in and out, network), not the model's. Needs Orthanc
+(Debian: apt-get install orthanc).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import fire
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main(studies: int = 20, batch_studies: int = 8, slices: int = 3, out: str = "results/pacs_burst.json") -> None:
+    """Runs one burst; prints and saves its timings."""
+    sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "bundle"), str(ROOT)]
+    from deploy_fixtures import make_bundle
+    from pacs_fixtures import Node, Orthanc, burst, environment, load_volumes, write_study
+
+    from scripts.embedded_data import build
+
+    work = Path(tempfile.mkdtemp(prefix="pacs_burst-"))
+    pacs = node = None
+    try:
+        data = ROOT / "bundle" / "data"
+        if not (data / "3d" / "image.nii.gz").is_file():
+            data = Path(build(str(work / "data")))
+        volumes = load_volumes(data)
+        make_bundle(work / "models" / "motfm")
+        pacs = Orthanc(work / "orthanc")
+        node = Node(work / "node", work / "models", pacs.port, "MOTFM", batch_studies=batch_studies).start()
+        pacs.add_modality("motfm", node.ae_title, node.port)
+        sent = [write_study(work / f"study{k}", volumes, seg=k % 2 == 0, slices=slices) for k in range(studies)]
+        for study in sent:
+            pacs.upload(study)
+        result = burst(pacs, node, "motfm", sent, timeout=3600)
+        failed = node.status()["failed"]
+        result |= {
+            "failed": len(failed),
+            "batch_studies": batch_studies,
+            "quiet_seconds": 2,
+            "slices": slices,
+            "model": "tiny test bundle (32 x 32, 2 Euler steps), CPU, 1 torch thread",
+            "machine": environment(),
+        }
+    finally:
+        if node is not None:
+            node.stop()
+        if pacs is not None:
+            pacs.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps(result, indent=1))
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    fire.Fire(main)
