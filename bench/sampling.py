@@ -93,7 +93,8 @@ def sample_and_evaluate(setting: dict, ckpt: str, out: str, overrides: dict) -> 
     forward = bare_forward_seconds(network, batch, [1, *parser.get_parsed_content("image_size")])
     per_batch = result["seconds_per_sample"] * len(batch["index"])
     result["sampler_overhead"] = per_batch / (result["nfe"] * forward)
-    return {**setting, **{k: result.get(k) for k in (*QUALITY, "seconds_per_sample", "sampler_overhead", "device")}}
+    keys = (*QUALITY, "nfe", "seconds_per_sample", "sampler_overhead", "device")  # the NFE used (adaptive solvers)
+    return {**setting, **{k: result.get(k) for k in keys}}
 
 
 def training_overhead(ckpt_dir: str, iterations: int, overrides: dict) -> dict:

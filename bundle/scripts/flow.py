@@ -79,11 +79,15 @@ class FlowPath:
             raise ValueError(f"coupling must be one of {COUPLINGS}, got {coupling!r}")
         self.time_schedule, self.coupling = time_schedule, coupling
 
-    def __call__(self, x1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Returns (x_t, timesteps (B,), target) for clean images x1."""
-        x0 = torch.randn_like(x1)
-        if self.coupling:
-            x0 = ot_pairing(x0, x1, self.coupling)
+    def __call__(
+        self, x1: torch.Tensor, x0: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Returns (x_t, timesteps (B,), target) for clean images x1 (B, C, *spatial) and noise x0 like x1: drawn
+        (and coupled) here, or given already paired with x1 (reflow's noise/image pairs) and used as is."""
+        if x0 is None:
+            x0 = torch.randn_like(x1)
+            if self.coupling:
+                x0 = ot_pairing(x0, x1, self.coupling)
         t = sample_times(x1.shape[0], self.time_schedule, x1.device)
         return interpolate(x0, x1, t), t * TIME_SCALE, x1 - x0
 
@@ -98,14 +102,20 @@ class DDPMPath:
     def __init__(self, schedule: dict | None = None) -> None:
         self.scheduler = DDPMScheduler(**(schedule or DDPM_SCHEDULE))
 
-    def __call__(self, x1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        noise = torch.randn_like(x1)
+    def __call__(
+        self, x1: torch.Tensor, noise: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Returns (x_t, timesteps (B,), target) for clean images x1 and noise like x1 (drawn here if None)."""
+        noise = torch.randn_like(x1) if noise is None else noise
         steps = torch.randint(0, self.scheduler.num_train_timesteps, (x1.shape[0],), device=x1.device)
         return self.scheduler.add_noise(x1, noise, steps), steps, noise
 
 
 class GenerativePrepareBatch(PrepareBatch):
-    """``prepare_batch`` for MONAI engines: a batch of {image, label?, class?} -> (x_t, target, (), kwargs).
+    """``prepare_batch`` for MONAI engines: a batch of {image, noise?, label?, class?} -> (x_t, target, (), kwargs).
+
+    A batch's ``noise`` (like ``image``), when it has one, is the path's x0 paired with each image (reflow);
+    otherwise the path draws it.
 
     kwargs hold ``timesteps`` and the conditions the network takes (``mask``, ``cls``). Condition dropout replaces,
     each with probability ``condition_dropout`` and independently, a case's class by the "no class" index and its
@@ -131,7 +141,7 @@ class GenerativePrepareBatch(PrepareBatch):
         **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor, tuple, dict]:
         x1 = plain(batchdata["image"], device)
-        x_t, timesteps, target = self.path(x1)
+        x_t, timesteps, target = self.path(x1, plain(batchdata["noise"], device) if "noise" in batchdata else None)
         cond = conditions(batchdata, self.use_mask, self.num_classes, device)
         if self.condition_dropout > 0:
             if "cls" in cond:

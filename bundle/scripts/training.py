@@ -21,7 +21,7 @@ from monai.utils import set_determinism
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
-from .checkpoint import ModelCard, read_checkpoint, save_atomic, save_model
+from .checkpoint import ModelCard, load_model, read_checkpoint, save_atomic, save_model
 from .distributed import rank, world_size
 from .visualize import save_grid
 
@@ -120,10 +120,12 @@ def lr_scheduler(optimizer: torch.optim.Optimizer, schedule: str = "constant", w
 class TrainingCheckpoint:
     """Resumable training in one file, plus the model file; both written atomically.
 
-    At start (every rank) it resumes from ``checkpoint_path`` if that exists. Every ``interval`` epochs and at
-    the end, rank 0 writes the network, EMA, optimizer, LR scheduler, the trainer's grad scaler (mixed precision),
-    trainer state and card to ``checkpoint_path`` and the weights with the card to ``model_path``. A state that
-    the checkpoint lacks (e.g. a schedule added since it was written) starts afresh, with a warning.
+    At start (every rank) it resumes from ``checkpoint_path`` if that exists; otherwise, given ``init_path`` (a
+    model file whose card fits), the network and its moving average start from that model's weights (its moving
+    average where it has one): fine-tuning, reflow. Every ``interval`` epochs and at the end, rank 0 writes the
+    network, EMA, optimizer, LR scheduler, the trainer's grad scaler (mixed precision), trainer state and card to
+    ``checkpoint_path`` and the weights with the card to ``model_path``. A state that the checkpoint lacks (e.g. a
+    schedule added since it was written) starts afresh, with a warning.
     """
 
     def __init__(
@@ -136,8 +138,10 @@ class TrainingCheckpoint:
         ema: nn.Module | None = None,
         lr_scheduler=None,
         interval: int = 1,
+        init_path: str | None = None,
     ) -> None:
         self.checkpoint_path, self.model_path, self.interval = checkpoint_path, model_path, interval
+        self.init_path = init_path
         self.network, self.ema, self.card = unwrap(network), ema, card
         self.objects = {"network": self.network, "optimizer": optimizer}
         if ema is not None:
@@ -156,6 +160,8 @@ class TrainingCheckpoint:
 
     def resume(self, engine: Engine) -> None:
         if not os.path.isfile(self.checkpoint_path):
+            if self.init_path:
+                self.initialise()
             return
         state = read_checkpoint(self.checkpoint_path)
         self.card.load_state_dict(state["card"])
@@ -173,6 +179,18 @@ class TrainingCheckpoint:
         if engine.state.epoch >= max_epochs:
             logger.info(f"already trained for {engine.state.epoch} >= max_epochs={max_epochs} epochs")
             engine.terminate()
+
+    def initialise(self) -> None:
+        """Loads the weights of the model file ``init_path`` into the network and its moving average."""
+        card = load_model(self.init_path, self.network, self.card)
+        if card["intensity_range"] != self.card.intensity_range:
+            raise ValueError(
+                f"{self.init_path} was trained with intensity_range {card['intensity_range']}, this run scales the "
+                f"data to {self.card.intensity_range}: set intensity_range to the model's"
+            )
+        if self.ema is not None:
+            self.ema.load_state_dict(self.network.state_dict())
+        logger.info(f"initialised the network from {self.init_path}")
 
     def save(self, engine: Engine) -> None:
         if rank() != 0:

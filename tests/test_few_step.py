@@ -1,0 +1,156 @@
+"""Few-step models: the coupling key of train.json, given noise in the flow path, reflow from a teacher checkpoint
+(pairs, initialisation, resume, inference) and the few-step benchmark, on tiny models."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigParser
+
+from conftest import CONFIGS, ROOT, USER_ERRORS, error_text, sample, tiny, train
+from scripts.checkpoint import read_checkpoint
+from scripts.data import input_transforms, load_batch, load_cases
+from scripts.flow import FlowPath, GenerativePrepareBatch, conditions
+from scripts.networks import ConditionalUNet
+from scripts.sampler import FlowSampler, case_noise
+
+
+def test_given_noise_is_used_as_is():
+    torch.manual_seed(0)
+    x1, x0 = torch.randn(8, 1, 4, 4), torch.randn(8, 1, 4, 4)
+    x_t, timesteps, target = FlowPath(coupling="exact")(x1, x0)  # given pairs are never re-coupled
+    assert torch.equal(target, x1 - x0)
+    t = (timesteps / 1000).view(-1, 1, 1, 1)
+    assert torch.allclose(x_t, (1 - t) * x0 + t * x1, atol=1e-6)
+    batch = {"image": x1, "noise": x0, "class": torch.zeros(8, dtype=torch.long)}
+    _, target, _, kwargs = GenerativePrepareBatch(FlowPath(), False, 3, condition_dropout=0.0)(batch)
+    assert torch.equal(target, x1 - x0) and set(kwargs) == {"timesteps", "cls"}
+    _, drawn, _, _ = GenerativePrepareBatch(FlowPath(), False, 0)({"image": x1})
+    assert not torch.equal(drawn, x1 - x0)
+
+
+@pytest.mark.parametrize("coupling", [None, "exact", "sinkhorn"])
+def test_coupling_is_a_train_config_key(coupling):
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "train.json"))
+    assert parser["coupling"] is None  # the default: independent noise, as the shipped model was trained
+    parser["coupling"] = coupling
+    assert parser.get_parsed_content("path").coupling == coupling
+
+
+def _reflow(embedded, small_datalist, teacher, out, epochs, **extra):
+    settings = {"teacher_ckpt": str(teacher), "pairs_per_case": 2, "pair_solver": "midpoint", "pair_steps": 2, **extra}
+    train("mask_class_2d", embedded, str(small_datalist), out, epochs, configs=("reflow.json",), **settings)
+
+
+def test_reflow_starts_from_the_teacher_on_its_pairs(embedded, small_datalist, tiny_model, tmp_path):
+    out = tmp_path / "reflow"
+    _reflow(embedded, small_datalist, tiny_model, out, epochs=1, lr=0.0)  # lr 0: the weights stay the start's
+    teacher = read_checkpoint(str(tiny_model))
+    student = read_checkpoint(str(out / "model.pt"))
+    assert student["card"] == teacher["card"]  # an ordinary flow model file of the teacher's kind
+    for weights in ("model", "ema"):
+        assert all(torch.equal(student[weights][k], teacher["ema"][k]) for k in teacher["ema"])
+
+    # each pair: the case's own noise and the teacher's image of it under the case's conditions
+    with np.load(out / "pairs.npz", allow_pickle=False) as saved:
+        pairs = {key: torch.from_numpy(saved[key]) for key in ("noise", "image", "label", "class")}
+    cases = load_cases(str(small_datalist), "training", str(embedded), True, 3)
+    assert pairs["noise"].shape == pairs["image"].shape == (len(cases), 2, 1, 16, 16)
+    assert pairs["label"].shape == (len(cases), 1, 16, 16) and pairs["class"].tolist() == [c["class"] for c in cases]
+    network = ConditionalUNet(**teacher["card"]["network"]).eval()
+    network.load_state_dict(teacher["ema"])
+    batch = load_batch(cases[:1], input_transforms([16, 16], 4, teacher["card"]["intensity_range"]))
+    cond = conditions(batch, True, 3)
+    for k in range(2):
+        noise = case_noise([cases[0]["index"] * 2 + k], (1, 16, 16), seed=1)  # reflow.json's pair_seed: seed + 1
+        image, nfe = FlowSampler("midpoint", 2)(network, noise, cond)
+        assert nfe == 4 and torch.equal(pairs["noise"][0, k], noise[0])
+        assert torch.allclose(pairs["image"][0, k], image[0], atol=1e-5)
+    assert torch.equal(pairs["label"][0], cond["mask"][0])
+    assert not torch.allclose(pairs["image"], pairs["noise"], atol=0.05)  # the teacher moved the noise
+
+
+def test_reflow_resumes_on_its_pairs_and_inference_loads_it(embedded, small_datalist, tiny_model, tmp_path):
+    out = tmp_path / "reflow"
+    _reflow(embedded, small_datalist, tiny_model, out, epochs=1)
+    written = (out / "pairs.npz").stat().st_mtime_ns
+    _reflow(embedded, small_datalist, tiny_model, out, epochs=2)  # resumed: the cached pairs, not new ones
+    assert (out / "pairs.npz").stat().st_mtime_ns == written
+    assert read_checkpoint(str(out / "checkpoint.pt"))["trainer"]["iteration"] == 4
+    teacher, trained = read_checkpoint(str(tiny_model))["ema"], read_checkpoint(str(out / "model.pt"))["ema"]
+    assert not all(torch.equal(trained[k], teacher[k]) for k in trained)
+    with pytest.raises(USER_ERRORS) as excinfo:
+        _reflow(embedded, small_datalist, tiny_model, out, epochs=3, pairs_per_case=3)
+    assert "other settings" in error_text(excinfo) and "pairs_per_case" in error_text(excinfo)
+
+    # inference (and so the deploy app, which runs inference.json) loads it unchanged
+    samples = sample("mask_class_2d", embedded, str(small_datalist), out / "model.pt", tmp_path / "s", num_steps=1)
+    info = json.loads((samples / "info.json").read_text())
+    assert info["nfe"] == 1 and len(list((samples / "images").glob("*.nii.gz"))) == 3
+
+
+def test_fine_tune_refuses_another_intensity_range(embedded, small_datalist, tiny_model, tmp_path):
+    with pytest.raises(USER_ERRORS) as excinfo:
+        train(
+            "mask_class_2d",
+            embedded,
+            str(small_datalist),
+            tmp_path / "t",
+            1,
+            init_ckpt=str(tiny_model),
+            intensity_range=[0.0, 1.0],
+        )
+    assert "was trained with intensity_range" in error_text(excinfo)
+
+
+def test_few_step_benchmark(embedded, small_datalist, tiny_model, tiny_ddpm, tmp_path):
+    sys.path.insert(0, str(ROOT / "bench"))
+    from few_step import main
+
+    overrides = {
+        **tiny("mask_class_2d"),
+        "dataset_dir": str(embedded),
+        "datalist": str(small_datalist),
+        "segmenter_path": "",
+        "lr": 1e-3,
+        "batch_size": 4,
+        "pairs_per_case": 2,
+        "pair_steps": 1,
+    }
+    out = tmp_path / "out"
+    main(
+        base_ckpt=str(tiny_model),
+        ddpm_ckpt=str(tiny_ddpm),
+        out_dir=str(out),
+        work_dir=str(tmp_path / "work"),
+        finetune_epochs=1,
+        nfe=(1, 2),
+        ddpm_steps=3,
+        overrides=overrides,
+    )
+    results = json.loads((out / "few_step.json").read_text())
+    rows = {(r["model"], r["solver"], r["nfe"]): r for r in results["rows"]}
+    flow = {
+        (m, s, n) for m in ("base", "control", "ot", "reflow") for s, n in (("euler", 1), ("euler", 2), ("midpoint", 2))
+    }
+    assert flow <= set(rows) and ("ddpm", "ddpm", 3) in rows
+    dopri5 = [key for key in rows if key[1] == "dopri5"]
+    assert len(dopri5) == 1 and dopri5[0][2] > 2  # the NFE the adaptive solver used
+    assert all(np.isfinite(r["psnr_paired"]) for r in results["rows"])
+    base = read_checkpoint(str(tiny_model))
+    for name in ("control", "ot", "reflow"):  # fine-tuned from the base: same card, new weights
+        tuned = read_checkpoint(results["checkpoints"][name])
+        assert tuned["card"] == base["card"] and not torch.equal(
+            tuned["ema"]["unet.out.2.conv.weight"], base["ema"]["unet.out.2.conv.weight"]
+        )
+    assert (tmp_path / "work/reflow/pairs.npz").is_file()
+    goals = {(g["model"], g["solver"]): g for g in results["goal"]}
+    assert set(goals) == {(m, s) for m, s, n in flow if n == 2}
+    assert all(isinstance(g["ssim_paired vs DDPM, 3 steps"], bool) for g in goals.values())
+    assert "| reflow | euler | 2 |" in (out / "few_step.md").read_text()
+    assert (out / "few_step.png").stat().st_size > 1000
