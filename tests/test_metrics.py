@@ -2,7 +2,6 @@
 
 import math
 
-import numpy as np
 import pytest
 import torch
 
@@ -10,15 +9,23 @@ from scripts.denoising import add_noise, nl_means
 from scripts.metrics import hist_wasserstein, mask_dice, mmd, ms_ssim_diversity, psnr_paired, ssim_paired
 
 
-def test_mmd_matches_the_unbiased_linear_kernel_formula():
+def test_mmd_is_the_equal_size_unbiased_statistic():
     torch.manual_seed(0)
     x, y = torch.randn(4, 1, 3, 3), torch.randn(4, 1, 3, 3) + 0.5
     a, b = x.flatten(1).double().numpy(), y.flatten(1).double().numpy()
     m = len(a)
-    kxx, kyy, kxy = a @ a.T, b @ b.T, a @ b.T
-    expected = (kxx.sum() - np.trace(kxx)) / (m * (m - 1)) + (kyy.sum() - np.trace(kyy)) / (m * (m - 1))
-    expected -= 2 * kxy.sum() / (m * m)
-    assert mmd(x, y) == pytest.approx(expected, rel=1e-4)
+    h = [a[i] @ a[j] + b[i] @ b[j] - a[i] @ b[j] - a[j] @ b[i] for i in range(m) for j in range(m) if i != j]
+    assert mmd(x, y) == pytest.approx(sum(h) / (m * (m - 1)), rel=1e-6)
+    assert mmd(x, x) == 0
+
+
+def test_mmd_is_not_biased_by_pairing():
+    g = torch.Generator().manual_seed(0)
+    real = torch.randn(256, 1, 4, 4, generator=g)
+    paired = real + 0.1 * torch.randn(256, 1, 4, 4, generator=g)  # each sample close to its own real image
+    assert abs(mmd(real, paired)) < 0.02  # same distribution: about 0 (with the pairs x_i . y_i counted: -0.12)
+    with pytest.raises(ValueError, match="at least two"):
+        mmd(real[:1], paired[:1])
 
 
 def test_mmd_separates_distributions():
