@@ -7,7 +7,7 @@ import torch
 
 from scripts.flow import TIME_SCALE
 from scripts.networks import ConditionalUNet
-from scripts.sampler import FlowSampler, case_noise, flow_time, predict
+from scripts.sampler import DiffusionSampler, FlowSampler, case_noise, flow_time, predict
 from scripts.solvers import SOLVERS, TABLEAUS, evaluations_per_step, integrate
 
 # one step of each method on dx/dt = x multiplies x by its stability polynomial in h
@@ -83,6 +83,17 @@ def test_same_seed_same_noise_whatever_the_batch():
     b = torch.cat([case_noise([3], (1, 8, 8), 7), case_noise([5, 4], (1, 8, 8), 7).flip(0)])
     assert torch.equal(a, b)
     assert not torch.equal(case_noise([3], (1, 8, 8), 7), case_noise([3], (1, 8, 8), 8))
+
+
+@pytest.mark.parametrize("solver", ["ddpm", "ddim"])
+def test_diffusion_sampling_gives_each_case_the_same_image_whatever_the_batch(solver):
+    net, sampler = _net(), DiffusionSampler(solver, num_steps=4)
+    batch = {"index": torch.tensor([3, 4, 5])}
+    whole, nfe = sampler.generate(net, batch, (1, 16, 16), seed=7)
+    parts = [sampler.generate(net, {"index": torch.tensor(i)}, (1, 16, 16), seed=7)[0] for i in ([5, 4], [3])]
+    assert nfe == 4 and torch.allclose(whole, torch.cat([parts[1], parts[0].flip(0)]), atol=1e-5)
+    other, _ = sampler.generate(net, batch, (1, 16, 16), seed=8)
+    assert not torch.allclose(whole, other, atol=1e-3)
 
 
 def test_guidance_combines_conditional_and_unconditional():

@@ -33,6 +33,12 @@ def case_noise(indices: Sequence[int], shape: Sequence[int], seed: int, device=N
     return torch.stack(out).to(device)
 
 
+def case_generators(indices: Sequence[int], seed: int, device=None) -> list[torch.Generator]:
+    """One generator per case on ``device`` for a stochastic sampler's step noise, seeded from the seed and the case
+    index (on another stream than ``case_noise``'s), so each case's steps don't depend on its batch."""
+    return [torch.Generator(device or "cpu").manual_seed((int(seed) * 1_000_003 + int(i)) ^ 0x5EED) for i in indices]
+
+
 def flow_time(sigma: float) -> float:
     """Flow time t at which x_t / t = x1 + sigma * noise carries noise of std ``sigma`` (relative to the model's
     [-1, 1] range): x_t = (1 - t) x0 + t x1 gives sigma = (1 - t) / t, so t = 1 / (1 + sigma)."""
@@ -65,9 +71,10 @@ def predict(
 
 
 class Sampler:
-    """Base of the samplers: ``sampler(network, x, cond, t_start, generator) -> (images, NFE)``."""
+    """Base of the samplers: ``sampler(network, x, cond, t_start, generators) -> (images, NFE)``; ``generators``
+    (one per case) drive a stochastic sampler's steps."""
 
-    def __call__(self, network: nn.Module, x: torch.Tensor, cond: dict, t_start: float = 0.0, generator=None):
+    def __call__(self, network: nn.Module, x: torch.Tensor, cond: dict, t_start: float = 0.0, generators=None):
         raise NotImplementedError
 
     def generate(self, network: nn.Module, batch: dict, shape: Sequence[int], seed: int, device=None):
@@ -76,8 +83,7 @@ class Sampler:
         indices = [int(i) for i in batch["index"]]
         noise = case_noise(indices, shape, seed, device)
         cond = conditions(batch, bool(network.num_labels), network.num_classes, device)
-        generator = torch.Generator(device or "cpu").manual_seed(int(seed) * 1_000_003 + indices[0])
-        return self(network, noise, cond, generator=generator)
+        return self(network, noise, cond, generators=case_generators(indices, seed, device))
 
 
 class FlowSampler(Sampler):
@@ -94,7 +100,7 @@ class FlowSampler(Sampler):
 
     @torch.no_grad()
     def __call__(
-        self, network: nn.Module, x: torch.Tensor, cond: dict, t_start: float = 0.0, generator=None
+        self, network: nn.Module, x: torch.Tensor, cond: dict, t_start: float = 0.0, generators=None
     ) -> tuple[torch.Tensor, int]:
         """x: noise (B, C, *spatial) at t_start (0 for pure noise); returns (images at t=1, NFE)."""
 
@@ -131,9 +137,10 @@ class DiffusionSampler(Sampler):
 
     @torch.no_grad()
     def __call__(
-        self, network: nn.Module, x: torch.Tensor, cond: dict, t_start: float = 0.0, generator=None
+        self, network: nn.Module, x: torch.Tensor, cond: dict, t_start: float = 0.0, generators=None
     ) -> tuple[torch.Tensor, int]:
-        """x: noise (B, C, *spatial); returns (images, NFE). ``generator`` drives DDPM's stochastic steps."""
+        """x: noise (B, C, *spatial); returns (images, NFE). DDPM draws each case's step noise from its own
+        generator of ``generators`` (B; None: the global one), so a case's image doesn't depend on its batch."""
         if t_start != 0.0:
             raise ValueError("the DDPM baseline samples from pure noise only (t_start=0)")
         self.scheduler.set_timesteps(self.num_steps, device=x.device)
@@ -142,6 +149,10 @@ class DiffusionSampler(Sampler):
             timesteps = torch.full((x.shape[0],), int(t), device=x.device, dtype=torch.long)
             eps = predict(network, x, timesteps, cond, self.guidance_scale)
             nfe += 1
-            extra = {"generator": generator} if self.solver == "ddpm" else {}
-            x, _ = self.scheduler.step(eps, int(t), x, **extra)
+            if self.solver == "ddpm" and generators is not None:
+                x = torch.cat(
+                    [self.scheduler.step(e[None], int(t), c[None], g)[0] for e, c, g in zip(eps, x, generators)]
+                )
+            else:
+                x, _ = self.scheduler.step(eps, int(t), x)
         return x, nfe
