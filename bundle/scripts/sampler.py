@@ -70,6 +70,15 @@ def predict(
     return out_u + guidance_scale * (out_c - out_u)
 
 
+@torch.no_grad()
+def warm_up(network: nn.Module, batch: dict, shape: Sequence[int], device=None) -> None:
+    """One network call on a batch's size and conditions, so the first call's one-time costs (memory, kernel choice;
+    CUDA start-up on a GPU) stay out of timed sampling. ``shape``: (C, *spatial)."""
+    cond = conditions(batch, bool(network.num_labels), network.num_classes, device)
+    x = torch.zeros(len(batch["index"]), *shape, device=device)
+    network(x, torch.zeros(len(x), device=device), **cond)
+
+
 class Sampler:
     """Base of the samplers: ``sampler(network, x, cond, t_start, generators) -> (images, NFE)``; ``generators``
     (one per case) drive a stochastic sampler's steps."""

@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 from .data import to_source_grid, to_units
 from .distributed import all_gather, rank, world_size
-from .sampler import Sampler
+from .sampler import Sampler, warm_up
 from .visualize import save_grid
 
 logger = logging.getLogger(__name__)
@@ -159,7 +159,7 @@ class Synthesis:
             "generated": generated,
             "nfe": max(s[2] for s in stats) or None,  # None when every case had been written before
             "seconds": round(time.perf_counter() - start, 3),
-            "seconds_per_sample": round(sum(s[1] for s in stats) / max(generated, 1), 4),  # on one device
+            "seconds_per_sample": round(sum(s[1] for s in stats) / max(generated, 1), 4),  # on one device, warm
             "world_size": world_size(),
             "device": str(self.device),
         }
@@ -177,7 +177,9 @@ class Synthesis:
         self.network.to(self.device).eval()
         loader = DataLoader(Dataset(cases, self.transforms), batch_size=self.batch_size, num_workers=0)
         seconds, nfe = 0.0, 0
-        for batch in tqdm(loader, desc="sampling", unit="batch", disable=rank() > 0):
+        for i, batch in enumerate(tqdm(loader, desc="sampling", unit="batch", disable=rank() > 0)):
+            if i == 0:
+                warm_up(self.network, batch, [1, *self.image_size], self.device)
             t0 = time.perf_counter()
             images, nfe = self.sampler.generate(self.network, batch, [1, *self.image_size], self.seed, self.device)
             images = images.cpu()
