@@ -143,9 +143,10 @@ def input_transforms(
     intensity_range: Sequence[float] | None,
     augment: bool = False,
 ) -> Compose:
-    """Loads a case's files (image, label; both optional) and applies ``model_transforms``."""
+    """Loads a case's files (image, label; both optional) and applies ``model_transforms``, in one flat ``Compose``
+    so that a ``CacheDataset`` caches everything before the first random transform."""
     load = LoadImaged(KEYS, image_only=True, ensure_channel_first=True, allow_missing_keys=True)
-    return Compose([load, model_transforms(image_size, num_labels, intensity_range, augment)])
+    return Compose([load, *model_transforms(image_size, num_labels, intensity_range, augment).transforms])
 
 
 def model_transforms(
