@@ -19,8 +19,6 @@ configuration and untrained weights is made, which costs the same time.
 from __future__ import annotations
 
 import json
-import os
-import platform
 import shutil
 import statistics
 import sys
@@ -29,6 +27,7 @@ import time
 from pathlib import Path
 
 import fire
+from machine_info import machine
 
 ROOT = Path(__file__).resolve().parents[1]
 SLICES, SLICE_GAP, MATRIX, NFE = 20, 5.0, (256, 256), 10
@@ -50,14 +49,6 @@ def shipped_config_bundle(folder: Path) -> Path:
     card = ModelCard("flow", network.config, parser["image_size"], [0.0, 1000.0], parser["variant"])
     save_model(str(folder / "models" / "model.pt"), network, None, card)
     return folder
-
-
-def machine() -> str:
-    """The CPU, its cores and the load on them."""
-    lines = Path("/proc/cpuinfo").read_text().splitlines()
-    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
-    cpu = names[0] if names else platform.processor()
-    return f"{cpu}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}"
 
 
 def write_inputs(folder: Path):

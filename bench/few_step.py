@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -32,6 +31,7 @@ import fire
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine_info import machine  # noqa: E402
 from sampling import QUALITY, ROOT, sample_and_evaluate, workflow  # noqa: E402  (it puts bundle/ on sys.path)
 
 from scripts.checkpoint import read_checkpoint  # noqa: E402
@@ -174,7 +174,7 @@ def main(
             print(f"{model} {solver} NFE {rows[-1]['nfe']}: {rows[-1]['seconds_per_sample']} s/sample", flush=True)
     goals = goal(rows)
     results = {
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
+        "machine": machine(),
         "threads": torch.get_num_threads(),
         "command": " ".join(["python", *sys.argv]),
         "checkpoints": {**models, "ddpm": ddpm_ckpt},

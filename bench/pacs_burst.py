@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 import fire
+from machine_info import machine
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,7 +27,7 @@ def main(studies: int = 20, batch_studies: int = 8, slices: int = 3, out: str = 
     """Runs one burst; prints and saves its timings."""
     sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "bundle"), str(ROOT)]
     from deploy_fixtures import make_bundle
-    from pacs_fixtures import Node, Orthanc, burst, environment, load_volumes, write_study
+    from pacs_fixtures import Node, Orthanc, burst, load_volumes, write_study
 
     from scripts.embedded_data import build
 
@@ -52,7 +53,7 @@ def main(studies: int = 20, batch_studies: int = 8, slices: int = 3, out: str = 
             "quiet_seconds": 2,
             "slices": slices,
             "model": "tiny test bundle (32 x 32, 2 Euler steps), CPU, 1 torch thread",
-            "machine": environment(),
+            "machine": machine(),
         }
     finally:
         if node is not None:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -34,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "bundle" / "configs"
 sys.path.insert(0, str(ROOT / "bundle"))
 
+from machine_info import machine  # noqa: E402
 from monai.bundle import ConfigWorkflow  # noqa: E402
 
 from scripts.data import load_batch  # noqa: E402
@@ -192,7 +192,7 @@ def main(
             print(f"{setting['method']} {setting['solver']} NFE {setting['nfe']}: {rows[-1]['seconds_per_sample']} s")
         training = training_overhead(os.path.join(tmp, "train"), train_iterations, extra)
     results = {
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
+        "machine": machine(),
         "device": rows[0]["device"] if rows else None,
         "command": " ".join(sys.argv),
         "rows": rows,

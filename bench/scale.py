@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import sys
 import tempfile
 from pathlib import Path
@@ -37,16 +36,12 @@ CONFIGS = ROOT / "bundle" / "configs"
 DATA = ROOT / "bundle" / "data"
 sys.path.insert(0, str(ROOT / "bundle"))
 
+from machine_info import machine  # noqa: E402
 from monai.bundle import ConfigParser, ConfigWorkflow  # noqa: E402
 
 from scripts.checkpoint import save_model  # noqa: E402
 
 SIDES = range(32, 513, 16)
-
-
-def machine() -> str:
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or platform.machine()
-    return f"{device}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
 
 
 def _datalist(variant: str, folder: Path, copies: int) -> str:

@@ -5,7 +5,6 @@ benchmark (bench/pacs_burst.py)."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import socket
@@ -276,12 +275,6 @@ def burst(pacs: Orthanc, node: Node, modality: str, studies: list[Study], timeou
         "first_result_seconds": round(min(arrived.values()), 1),
         "app_runs": node.log().count("processing a batch"),
     }
-
-
-def environment() -> dict[str, str]:
-    """The machine, for benchmark records."""
-    names = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")]
-    return {"cpu": names[0] if names else "?", "cores": str(os.cpu_count()), "load": f"{os.getloadavg()[0]:.1f}"}
 
 
 def associate(port: int, called: str, calling: str = TESTER_AET, contexts=None, tls=None):

@@ -1,0 +1,24 @@
+"""The machine a benchmark ran on, for its records."""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+import torch
+
+
+def machine() -> str:
+    """The device (the GPU's name, else the CPU's), its cores and their load, torch's threads and version."""
+    if torch.cuda.is_available():
+        device = torch.cuda.get_device_name()
+    else:
+        cpuinfo = Path("/proc/cpuinfo")
+        lines = cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []
+        names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+        device = names[0] if names else platform.processor() or platform.machine()
+    return (
+        f"{device}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}, "
+        f"{torch.get_num_threads()} torch threads, torch {torch.__version__}"
+    )
