@@ -18,7 +18,6 @@ configuration and untrained weights is made, which costs the same time.
 
 from __future__ import annotations
 
-import json
 import shutil
 import statistics
 import sys
@@ -27,7 +26,7 @@ import time
 from pathlib import Path
 
 import fire
-from machine_info import machine
+from records import machine, save
 
 ROOT = Path(__file__).resolve().parents[1]
 SLICES, SLICE_GAP, MATRIX, NFE = 20, 5.0, (256, 256), 10
@@ -130,9 +129,7 @@ def main(model: str | None = None, repeats: int = 3, threads: int = 1, out: str 
         }
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print(json.dumps(result, indent=1))
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    Path(out).write_text(json.dumps(result, indent=1))
+    save(result, out)
 
 
 if __name__ == "__main__":

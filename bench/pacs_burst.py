@@ -11,14 +11,13 @@ CPU: the time is the node's and the app's (start-up, DICOM in and out, network),
 
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 
 import fire
-from machine_info import machine
+from records import machine, save
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -61,9 +60,7 @@ def main(studies: int = 20, batch_studies: int = 8, slices: int = 3, out: str = 
         if pacs is not None:
             pacs.stop()
         shutil.rmtree(work, ignore_errors=True)
-    print(json.dumps(result, indent=1))
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    Path(out).write_text(json.dumps(result, indent=1))
+    save(result, out)
 
 
 if __name__ == "__main__":

@@ -33,8 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "bundle" / "configs"
 sys.path.insert(0, str(ROOT / "bundle"))
 
-from machine_info import machine  # noqa: E402
 from monai.bundle import ConfigWorkflow  # noqa: E402
+from records import machine  # noqa: E402
 
 from scripts.data import load_batch  # noqa: E402
 from scripts.flow import FlowPath, GenerativePrepareBatch, conditions  # noqa: E402

@@ -36,8 +36,8 @@ CONFIGS = ROOT / "bundle" / "configs"
 DATA = ROOT / "bundle" / "data"
 sys.path.insert(0, str(ROOT / "bundle"))
 
-from machine_info import machine  # noqa: E402
 from monai.bundle import ConfigParser, ConfigWorkflow  # noqa: E402
+from records import machine  # noqa: E402
 
 from scripts.checkpoint import save_model  # noqa: E402
 

@@ -1,7 +1,8 @@
-"""The machine a benchmark ran on, for its records."""
+"""A benchmark's records: the machine it ran on, and its result printed and saved as JSON."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 from pathlib import Path
@@ -22,3 +23,11 @@ def machine() -> str:
         f"{device}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}, "
         f"{torch.get_num_threads()} torch threads, torch {torch.__version__}"
     )
+
+
+def save(result: dict, out: str) -> None:
+    """Prints ``result`` and writes it as JSON to the file ``out`` (its folder made if missing)."""
+    text = json.dumps(result, indent=1)
+    print(text)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(text)
