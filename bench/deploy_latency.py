@@ -51,16 +51,15 @@ def shipped_config_bundle(folder: Path) -> Path:
 
 
 def write_inputs(folder: Path):
-    """The 20-slice MR series (256 x 256, 1 mm pixels, 5 mm apart) and its SEG, from the embedded MNI152 volume."""
-    import nibabel as nib
+    """The 20-slice MR series (256 x 256, 1 mm pixels, 5 mm apart) and its SEG, from a test subject's volume."""
     from deploy_fixtures import study_header, write_mr_series, write_seg
 
-    from scripts.embedded_data import build
+    from scripts.synthetic_subjects import build, subject_volume
 
-    data = ROOT / "bundle" / "data" / "3d"
-    if not (data / "image.nii.gz").is_file():
-        data = Path(build(str(folder / "data"))) / "3d"
-    image, labels = nib.load(data / "image.nii.gz"), nib.load(data / "label.nii.gz")
+    data = ROOT / "bundle" / "data"
+    if not (data / "datalist_3d.json").is_file():
+        data = Path(build(str(folder / "data")))
+    image, labels = subject_volume(str(data))
     gaps = [SLICE_GAP] * (SLICES - 1)
     source = write_mr_series(folder / "in" / "t1", image, study_header(), SLICES, gaps=gaps, shape=MATRIX, spacing=1)
     return source, write_seg(folder / "in" / "seg.dcm", source, labels)

@@ -22,7 +22,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bundle"))
 
-from sampling import workflow  # noqa: E402
+from records import workflow  # noqa: E402
 
 from scripts import downstream  # noqa: E402
 from scripts.data import input_transforms, load_cases  # noqa: E402
@@ -30,7 +30,7 @@ from scripts.data import input_transforms, load_cases  # noqa: E402
 
 def main(
     ckpt: str = str(ROOT / "bundle/models/model.pt"),
-    out_dir: str = str(ROOT / "bundle/docs/benchmarks"),
+    out_dir: str = "results/downstream",
     num_steps: int = 10,
     seg_iterations: int = 800,
     cls_iterations: int = 400,

@@ -31,8 +31,11 @@ import fire
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from records import machine  # noqa: E402
-from sampling import QUALITY, ROOT, sample_and_evaluate, workflow  # noqa: E402  (it puts bundle/ on sys.path)
+from records import (
+    machine,  # noqa: E402
+    workflow,  # noqa: E402
+)
+from sampling import QUALITY, ROOT, sample_and_evaluate  # noqa: E402  (it puts bundle/ on sys.path)
 
 from scripts.checkpoint import read_checkpoint  # noqa: E402
 from scripts.visualize import plt  # noqa: E402
@@ -133,7 +136,7 @@ def plot(rows: list[dict], path: str) -> None:
 def main(
     base_ckpt: str = str(ROOT / "bundle/models/model.pt"),
     ddpm_ckpt: str | None = None,
-    out_dir: str = str(ROOT / "bundle/docs/benchmarks"),
+    out_dir: str = "results/few_step",
     work_dir: str = "results/few_step",
     finetune_epochs: int = 50,
     nfe: tuple = (1, 2, 4, 10),

@@ -28,13 +28,13 @@ def main(studies: int = 20, batch_studies: int = 8, slices: int = 3, out: str = 
     from deploy_fixtures import make_bundle
     from pacs_fixtures import Node, Orthanc, burst, load_volumes, write_study
 
-    from scripts.embedded_data import build
+    from scripts.synthetic_subjects import build
 
     work = Path(tempfile.mkdtemp(prefix="pacs_burst-"))
     pacs = node = None
     try:
         data = ROOT / "bundle" / "data"
-        if not (data / "3d" / "image.nii.gz").is_file():
+        if not (data / "datalist_3d.json").is_file():
             data = Path(build(str(work / "data")))
         volumes = load_volumes(data)
         make_bundle(work / "models" / "motfm")

@@ -9,6 +9,9 @@ from pathlib import Path
 
 import torch
 
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "bundle" / "configs"
+
 
 def machine() -> str:
     """The device (the GPU's name, else the CPU's), its cores and their load, torch's threads and version."""
@@ -31,3 +34,14 @@ def save(result: dict, out: str) -> None:
     print(text)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(text)
+
+
+def workflow(configs: list[str], **overrides):
+    """An initialised bundle workflow from config files under bundle/configs (later files override earlier)."""
+    from monai.bundle import ConfigWorkflow
+
+    wf = ConfigWorkflow(
+        config_file=[str(CONFIGS / c) for c in configs], workflow_type=None, logging_file=False, **overrides
+    )
+    wf.initialize()
+    return wf

@@ -30,26 +30,15 @@ import torch
 from ignite.engine import Events
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ROOT / "bundle" / "configs"
 sys.path.insert(0, str(ROOT / "bundle"))
 
-from monai.bundle import ConfigWorkflow  # noqa: E402
-from records import machine  # noqa: E402
+from records import machine, workflow  # noqa: E402
 
 from scripts.data import load_batch  # noqa: E402
 from scripts.flow import FlowPath, GenerativePrepareBatch, conditions  # noqa: E402
 from scripts.visualize import plt  # noqa: E402
 
 QUALITY = ("psnr_paired", "ssim_paired", "mask_dice", "hist_wasserstein", "mmd", "ms_ssim_diversity")
-
-
-def workflow(configs: list[str], **overrides) -> ConfigWorkflow:
-    """An initialised bundle workflow from config files under bundle/configs."""
-    wf = ConfigWorkflow(
-        config_file=[str(CONFIGS / c) for c in configs], workflow_type=None, logging_file=False, **overrides
-    )
-    wf.initialize()
-    return wf
 
 
 def settings(nfe, ddim_steps, ddpm_steps) -> list[dict]:
@@ -163,7 +152,7 @@ def plot(rows: list[dict], out_dir: str) -> None:
 def main(
     flow_ckpt: str = str(ROOT / "bundle/models/model.pt"),
     ddpm_ckpt: str = str(ROOT / "bundle/models/model_ddpm.pt"),
-    out_dir: str = str(ROOT / "bundle/docs/benchmarks"),
+    out_dir: str = "results/sampling",
     nfe: tuple = (1, 2, 4, 10, 20, 50),
     ddim_steps: tuple = (10, 50, 250),
     ddpm_steps: int = 1000,

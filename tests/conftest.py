@@ -1,4 +1,4 @@
-"""Shared test fixtures: the bundle on sys.path, the embedded data built once, a bundle runner, tiny networks."""
+"""Shared test fixtures: the bundle on sys.path, the data built once, a bundle runner, tiny networks."""
 
 from __future__ import annotations
 
@@ -35,17 +35,30 @@ def tiny(variant: str) -> dict:
 
 @pytest.fixture(scope="session")
 def embedded(tmp_path_factory) -> Path:
-    """The embedded data set, built once per session with the project's builder."""
-    from scripts.embedded_data import build
+    """A small synthetic-subject data set (3 training, 1 validation, 2 test subjects), built once per session with
+    the project's builder."""
+    from scripts.synthetic_subjects import build
 
-    return Path(build(str(tmp_path_factory.mktemp("data") / "embedded")))
+    return Path(build(str(tmp_path_factory.mktemp("data") / "subjects"), subjects=(3, 1, 2), slice_step_mm=6))
+
+
+def _two_per_subject(cases: list[dict]) -> list[dict]:
+    """Two cases of each subject, at a third and two thirds of its slices."""
+    subjects: dict[str, list[dict]] = {}
+    for case in cases:
+        subjects.setdefault(case["subject"], []).append(case)
+    return [slices[len(slices) * k // 3] for slices in subjects.values() for k in (1, 2)]
 
 
 @pytest.fixture(scope="session")
 def small_datalist(embedded: Path) -> Path:
-    """A datalist over 8 training, 2 validation and 3 test slices of the embedded data (same folder)."""
+    """A datalist over 8 training, 2 validation and 4 test slices (two of each test subject) of the data set."""
     full = json.loads((embedded / "datalist_2d.json").read_text())
-    small = {"training": full["training"][::14][:8], "validation": full["validation"][:2], "test": full["test"][::5]}
+    small = {
+        "training": full["training"][::8][:8],
+        "validation": _two_per_subject(full["validation"]),
+        "test": _two_per_subject(full["test"]),
+    }
     path = embedded / "datalist_small.json"
     path.write_text(json.dumps(small))
     return path
@@ -130,9 +143,23 @@ def tiny_ddpm(tmp_path_factory, embedded, small_datalist) -> Path:
     return out / "model.pt"
 
 
+@pytest.fixture(scope="session")
+def segmenter(tmp_path_factory, small_datalist) -> str:
+    """A tiny tissue segmenter trained on the small real training split, saved as a model file."""
+    from scripts import downstream
+    from scripts.data import load_cases, percentile_range
+
+    cases = load_cases(str(small_datalist), "training", use_mask=True)
+    rng = percentile_range(cases)
+    net = downstream.train("segmenter", cases, [16, 16], 4, rng, num_labels=4, iterations=6, batch_size=4)
+    path = str(tmp_path_factory.mktemp("seg") / "segmenter.pt")
+    downstream.save(path, "segmenter", net, [16, 16], 4, rng)
+    return path
+
+
 @pytest.fixture(scope="module")
 def volumes(embedded: Path):
-    """The embedded 3D image and label volumes (nibabel images), to write DICOM studies from."""
+    """A test subject's 3D image and label volumes (nibabel images), to write DICOM studies from."""
     from pacs_fixtures import load_volumes
 
     return load_volumes(embedded)

@@ -24,6 +24,7 @@ from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 from scipy.ndimage import map_coordinates
 
 ROOT = Path(__file__).resolve().parents[1]
+BUNDLE_VERSION = json.loads((ROOT / "bundle" / "configs" / "metadata.json").read_text())["version"]
 BUNDLE = ROOT / "bundle"
 SEGMENTS = (  # model label, segment label, property type
     (1, "Cerebrospinal fluid", codes.SCT.CerebrospinalFluid),

@@ -57,8 +57,10 @@ class Study:
 
 
 def load_volumes(embedded: Path) -> tuple[nib.Nifti1Image, nib.Nifti1Image]:
-    """The embedded MNI152 T1 volume and its tissue labels (bundle/scripts/embedded_data.py)."""
-    return nib.load(embedded / "3d" / "image.nii.gz"), nib.load(embedded / "3d" / "label.nii.gz")
+    """A test subject's T1 volume and its tissue labels (bundle/scripts/synthetic_subjects.py)."""
+    from scripts.synthetic_subjects import subject_volume
+
+    return subject_volume(str(embedded))
 
 
 def write_study(folder: Path, volumes: tuple[nib.Nifti1Image, nib.Nifti1Image], seg: bool, slices: int = 4) -> Study:

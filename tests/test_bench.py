@@ -62,8 +62,36 @@ def test_downstream_benchmark(embedded, small_datalist, tiny_model, tmp_path):
         overrides=_overrides(embedded, small_datalist),
     )
     summary = json.loads((tmp_path / "downstream.json").read_text())
-    assert summary["train_cases"] == 8 and summary["test_cases"] == 3 and summary["seeds"] == [0, 1]
+    assert summary["train_cases"] == 8 and summary["test_cases"] == 4 and summary["seeds"] == [0, 1]
     for task in ("segmenter", "classifier"):
         assert set(summary["results"][task]) == {"real", "synthetic", "real + synthetic"}
         assert all(0 <= r["mean"] <= 1 and r["std"] >= 0 for r in summary["results"][task].values())
     assert (tmp_path / "downstream.md").read_text().count("\n| ") == 3  # a row per training set
+
+
+def test_generalisation_benchmark(embedded, small_datalist, tiny_model, segmenter, tmp_path):
+    from generalisation import main
+
+    main(
+        ckpt_path=str(tiny_model),
+        segmenter_path=segmenter,
+        data_dir=str(embedded),
+        datalist=str(small_datalist),
+        out_dir=str(tmp_path),
+        num_steps=2,
+        unseen_subjects=1,
+        unseen_slice_step_mm=12,
+        **tiny("mask_class_2d"),
+    )
+    record = json.loads((tmp_path / "generalisation.json").read_text())
+    rows = {(r["data"], r["method"]): r["metrics"] for r in record["rows"]}
+    methods = ("model", "nearest_training", "tissue_means")
+    assert set(rows) == {(d, m) for d in ("test subjects", "larger deformations") for m in methods}
+    assert rows[("test subjects", "model")]["nfe"] == 2 and rows[("test subjects", "tissue_means")]["nfe"] == 0
+    assert rows[("test subjects", "model")]["num_real"] == 4  # the given datalist's test split
+    for data in ("test subjects", "larger deformations"):  # one real set, one segmenter: one ceiling per data set
+        assert len({rows[(data, m)]["mask_dice_real"] for m in methods}) == 1
+    assert record["model"]["iterations"] > 0  # the card's provenance travels with the record
+    table = (tmp_path / "generalisation.md").read_text()
+    assert table.count("| nearest_training |") == 2 and "Model: " in table
+    assert (tmp_path / "generalisation.png").stat().st_size > 1000

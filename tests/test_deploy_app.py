@@ -14,11 +14,10 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
-import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-from deploy_fixtures import ROOT, make_bundle, study_header, write_enhanced, write_mr_series, write_seg
+from deploy_fixtures import BUNDLE_VERSION, ROOT, make_bundle, study_header, write_enhanced, write_mr_series, write_seg
 from pydicom.data import get_testdata_file
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage
 
@@ -85,11 +84,6 @@ def floats(values) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def volumes(embedded: Path) -> tuple[nib.Nifti1Image, nib.Nifti1Image]:
-    return nib.load(embedded / "3d" / "image.nii.gz"), nib.load(embedded / "3d" / "label.nii.gz")
-
-
-@pytest.fixture(scope="module")
 def models(tmp_path_factory) -> Path:
     """A folder holding one tiny bundle, laid out as a packaged app's model folder."""
     folder = tmp_path_factory.mktemp("models")
@@ -138,7 +132,7 @@ def test_synthesis_attributes(synthesis):
         assert ds.SeriesDescription.startswith("SYNTHETIC - NOT ACQUIRED")
         assert seg.SOPInstanceUID in ds.DerivationDescription and "not acquired" in ds.DerivationDescription
         assert "axial level classes [0, 1, 2]" in ds.DerivationDescription
-        assert ds.ManufacturerModelName == "MOTFM brain MR synthesis" and ds.SoftwareVersions == "0.1.0"
+        assert ds.ManufacturerModelName == "MOTFM brain MR synthesis" and ds.SoftwareVersions == BUNDLE_VERSION
         equipment = ds.ContributingEquipmentSequence[0]
         assert equipment.ManufacturerModelName == ds.ManufacturerModelName
         assert equipment.PurposeOfReferenceCodeSequence[0].CodeValue == "109100"  # Synthesizing Equipment

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import highdicom as hd
-import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
@@ -35,11 +34,6 @@ from operators.study_loader import StudyLoaderOperator  # noqa: E402
 
 def pydicom_file(name: str) -> pydicom.Dataset:
     return pydicom.dcmread(get_testdata_file(name, download=False))
-
-
-@pytest.fixture(scope="module")
-def volumes(embedded: Path) -> tuple[nib.Nifti1Image, nib.Nifti1Image]:
-    return nib.load(embedded / "3d" / "image.nii.gz"), nib.load(embedded / "3d" / "label.nii.gz")
 
 
 @pytest.fixture(scope="module")

@@ -6,13 +6,11 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from deploy_fixtures import ROOT, make_bundle, study_header, write_mr_series, write_seg
+from deploy_fixtures import BUNDLE_VERSION, ROOT, make_bundle, study_header, write_mr_series, write_seg
 
 sys.path.insert(0, str(ROOT / "deploy_app"))
 
@@ -37,10 +35,10 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def job(tmp_path_factory, embedded: Path) -> Job:
+def job(tmp_path_factory, volumes) -> Job:
     """A synthesis job: 5 axial planes of an MR series and the labels of its SEG."""
     folder = tmp_path_factory.mktemp("study")
-    image, labels = nib.load(embedded / "3d" / "image.nii.gz"), nib.load(embedded / "3d" / "label.nii.gz")
+    image, labels = volumes
     source = write_mr_series(folder, image, study_header(), num_slices=5, spacing=4.0)
     seg = write_seg(folder / "seg.dcm", source, labels)
     series = DICOMSeries(source[0].SeriesInstanceUID)
@@ -75,7 +73,7 @@ def test_bundle_loads_the_model_with_its_overrides(bundle_2d):
     assert model.image_size == [32, 32] and model.spatial_dims == 2
     assert (model.num_labels, model.num_classes) == (4, 3)
     assert model.intensity_range == [0.0, 900.0]
-    assert (model.name, model.version) == ("MOTFM brain MR synthesis", "0.1.0")
+    assert (model.name, model.version) == ("MOTFM brain MR synthesis", BUNDLE_VERSION)
     assert model.settings == "flow, euler solver, 2 steps" and model.device == torch.device("cpu")
 
 

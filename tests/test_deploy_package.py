@@ -21,8 +21,7 @@ sys.path.insert(0, str(APP))
 from motfm_deploy.model import Bundle, find_bundle  # noqa: E402
 
 LOCAL = {"app", "operators", "motfm_deploy", "scripts"}
-# imported only by code the app never runs: building the embedded data set (scripts.embedded_data.build) and the
-# minibatch OT coupling of training (scripts.flow.ot_pairing)
+# imported only by code the app never runs: the minibatch OT coupling of training (scripts.flow.ot_pairing)
 NOT_AT_RUN_TIME = {"nilearn", "ot"}
 # used without an import statement: pydicom's decoders for compressed transfer syntaxes, scikit-image's wavelets
 PLUGINS = {"pylibjpeg", "pylibjpeg-libjpeg", "pylibjpeg-openjpeg", "PyWavelets"}
@@ -67,7 +66,7 @@ def test_requirements_pin_every_import_at_the_tested_version(bundle):
     # load the bundle as the app does, in a fresh process: this session's other tests import more of scripts
     code = (
         f"import sys, json; sys.path.insert(0, {str(APP)!r}); from motfm_deploy.model import Bundle; "
-        f"Bundle({str(bundle.path)!r}).model; import scripts.embedded_data; "  # the synthesis operator uses it
+        f"Bundle({str(bundle.path)!r}).model; import scripts.synthetic_subjects; "  # the synthesis operator uses it
         "print(json.dumps([m.__file__ for n, m in sys.modules.items() if n.startswith('scripts.') and m.__file__]))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300)

@@ -1,6 +1,7 @@
 """Evaluation, the DDPM baseline, denoising and downstream networks, end to end on tiny models."""
 
 import json
+import math
 
 import nibabel as nib
 import numpy as np
@@ -12,18 +13,8 @@ from scripts import downstream
 from scripts.data import input_transforms, load_cases, percentile_range
 
 METRIC_KEYS = {"mmd", "hist_wasserstein", "ms_ssim_diversity", "ssim_paired", "psnr_paired", "mask_dice"}
-METRIC_KEYS |= {"nfe", "seconds_per_sample"}
-
-
-@pytest.fixture(scope="module")
-def segmenter(tmp_path_factory, small_datalist):
-    """A tiny tissue segmenter trained on the small real training split, saved as a model file."""
-    cases = load_cases(str(small_datalist), "training", use_mask=True)
-    rng = percentile_range(cases)
-    net = downstream.train("segmenter", cases, [16, 16], 4, rng, num_labels=4, iterations=6, batch_size=4)
-    path = str(tmp_path_factory.mktemp("seg") / "segmenter.pt")
-    downstream.save(path, "segmenter", net, [16, 16], 4, rng)
-    return path
+METRIC_KEYS |= {"mask_dice_real", "correlation_in_mask", "conditional_ms_ssim", "fd_segmenter_features"}
+METRIC_KEYS |= {"kid_segmenter_features", "fd_halves_generated", "fd_halves_real", "nfe", "seconds_per_sample"}
 
 
 def evaluate(embedded, datalist, ckpt, out, configs=(), **extra):
@@ -37,15 +28,22 @@ def test_evaluate_writes_every_metric(embedded, small_datalist, tiny_model, segm
     assert METRIC_KEYS <= set(values) and "fid" in values
     assert all(np.isfinite(values[k]) for k in METRIC_KEYS)
     assert 0 <= values["mask_dice"] <= 1 and -1 <= values["ssim_paired"] <= 1 and values["nfe"] == 2
-    assert values["num_generated"] == values["num_real"] == 3
+    assert values["num_generated"] == values["num_real"] == 4
     assert values["fid"] is None and "Inception" in values["skipped"]["fid"]
+    assert 0 < values["conditional_ms_ssim"] <= 1 and values["conditional_ms_ssim_samples"] == 4
+    for key in ("mask_dice", "ssim_paired", "fd_segmenter_features", "conditional_ms_ssim"):
+        lo, hi = values["ci95"][key]
+        assert lo <= values[key] <= hi or key == "fd_segmenter_features"  # resampled FD sits above the full set's
+    card = torch.load(tiny_model, weights_only=True)["card"]["provenance"]
+    assert values["model"]["iterations"] == card["iterations"] > 0 and values["model"]["data"] == card["data"]
     assert (out / "intensity_kde.png").stat().st_size > 1000
 
 
 def test_evaluate_skips_what_it_cannot_compute(embedded, small_datalist, tiny_model, tmp_path):
     out = evaluate(embedded, str(small_datalist), tiny_model, tmp_path / "e", segmenter_path=str(tmp_path / "none.pt"))
     values = json.loads((out / "metrics.json").read_text())
-    assert values["mask_dice"] is None and "train_segmenter.json" in values["skipped"]["mask_dice"]
+    assert values["mask_dice"] is values["fd_segmenter_features"] is None
+    assert "train_segmenter.json" in values["skipped"]["segmenter"]
 
 
 def test_unconditional_evaluation_has_no_paired_metrics(embedded, small_datalist, tmp_path):
@@ -60,7 +58,7 @@ def test_unconditional_evaluation_has_no_paired_metrics(embedded, small_datalist
         num_steps=2,
     )
     values = json.loads((tmp_path / "eval/metrics.json").read_text())
-    assert values["num_generated"] == values["num_real"] == 3  # num_samples follows the test split
+    assert values["num_generated"] == values["num_real"] == 4  # num_samples follows the test split
     assert values["ssim_paired"] is values["psnr_paired"] is values["mask_dice"] is None
     assert np.isfinite(values["mmd"]) and "paired" in values["skipped"]
 
@@ -166,3 +164,109 @@ def test_downstream_networks_train_score_and_reload(small_datalist, tmp_path):
         assert downstream.score(task, again, cases, transforms, outputs) == score
     with pytest.raises(ValueError, match="does not fit"):
         downstream.load(str(tmp_path / "segmenter.pt"), "classifier", [16, 16], 4)
+
+
+def _real_as_generated(folder, cases, transform=None):
+    """A synthesis-like folder whose "generated" images are the real images themselves (optionally transformed)."""
+    (folder / "images").mkdir(parents=True)
+    entries = []
+    for case in cases:
+        img = nib.load(case["image"])
+        data = np.asarray(img.dataobj, dtype=np.float32)
+        nib.save(
+            nib.Nifti1Image(transform(data) if transform else data, img.affine), folder / f"images/{case['id']}.nii.gz"
+        )
+        entries.append({"image": f"images/{case['id']}.nii.gz", "label": case["label"], "class": case["class"]})
+    (folder / "datalist.json").write_text(json.dumps({"training": entries}))
+    (folder / "info.json").write_text(json.dumps({"nfe": 0}))
+
+
+def _evaluation(folder, cases, segmenter, **extra):
+    from scripts.evaluation import Evaluation
+
+    rng = percentile_range(cases)
+    return Evaluation(
+        str(folder), cases, input_transforms([16, 16], 4, None), [16, 16], 4, rng, segmenter_path=segmenter, **extra
+    )
+
+
+def test_real_images_as_the_generated_set_score_each_metric_ideally(small_datalist, segmenter, tmp_path):
+    cases = load_cases(str(small_datalist), "test", use_mask=True, num_classes=3)
+    _real_as_generated(tmp_path / "real", cases)
+    values = _evaluation(tmp_path / "real", cases, segmenter).run()
+    assert values["mmd"] == pytest.approx(0, abs=1e-9) and values["hist_wasserstein"] == pytest.approx(0, abs=1e-9)
+    assert values["fd_segmenter_features"] == pytest.approx(0, abs=1e-3)
+    assert values["kid_segmenter_features"] == pytest.approx(0, abs=1e-9)
+    assert values["fd_halves_generated"] == pytest.approx(values["fd_halves_real"], rel=1e-3)
+    assert values["ssim_paired"] == pytest.approx(1) and values["correlation_in_mask"] == pytest.approx(1)
+    assert values["psnr_paired"] == math.inf
+    assert values["mask_dice"] == pytest.approx(values["mask_dice_real"])
+    assert values["ms_ssim_diversity"] == pytest.approx(values["ms_ssim_diversity_real"])
+    assert "model card" in values["normalisation"]
+
+
+def test_images_in_other_units_are_compared_on_a_normalised_scale(small_datalist, segmenter, tmp_path):
+    cases = load_cases(str(small_datalist), "test", use_mask=True, num_classes=3)
+    _real_as_generated(tmp_path / "real", cases, transform=lambda a: a * 0.1)
+    # the real images of another scanner: a tenth of the model's units; the set is compared to itself
+    from scripts.evaluation import Evaluation
+
+    tenth = [{**c, "image": str(tmp_path / "real" / f"images/{c['id']}.nii.gz")} for c in cases]
+    values = Evaluation(
+        str(tmp_path / "real"),
+        tenth,
+        input_transforms([16, 16], 4, None),
+        [16, 16],
+        4,
+        percentile_range(cases),
+        segmenter_path=segmenter,
+    ).run()
+    assert "own percentiles" in values["normalisation"]
+    assert values["psnr_paired"] == math.inf and values["mask_dice"] == pytest.approx(values["mask_dice_real"])
+
+
+def test_a_generated_set_that_does_not_match_the_real_cases_is_refused(small_datalist, segmenter, tmp_path):
+    cases = load_cases(str(small_datalist), "test", use_mask=True, num_classes=3)
+    _real_as_generated(tmp_path / "few", cases[:-1])
+    with pytest.raises(ValueError, match="holds 3 cases for 4 real ones"):
+        _evaluation(tmp_path / "few", cases, segmenter).run()
+    _real_as_generated(tmp_path / "order", cases[::-1])
+    with pytest.raises(ValueError, match="stands where real case"):
+        _evaluation(tmp_path / "order", cases, segmenter).run()
+    _real_as_generated(tmp_path / "grid", cases, transform=lambda a: a[::2])
+    with pytest.raises(ValueError, match="is not on the grid of"):
+        _evaluation(tmp_path / "grid", cases, segmenter).run()
+    assert not (tmp_path / "grid" / "metrics.json").exists()
+
+
+def test_trivial_baselines_run_as_samplers(embedded, small_datalist, tiny_model, segmenter, tmp_path):
+    for name in ("nearest_training", "tissue_means"):
+        out = evaluate(
+            embedded,
+            str(small_datalist),
+            tiny_model,
+            tmp_path / name,
+            configs=("baselines.json",),
+            baseline=name,
+            segmenter_path=segmenter,
+        )
+        values = json.loads((out / "metrics.json").read_text())
+        assert values["nfe"] == 0 and values["conditional_ms_ssim"] == pytest.approx(1.0)  # no noise: collapse
+
+
+def test_baselines_copy_the_best_matching_training_image_and_paint_tissue_means(small_datalist):
+    from scripts.baselines import NearestTrainingImage, TissueMeans
+    from scripts.data import load_batch
+
+    train_cases = load_cases(str(small_datalist), "training", use_mask=True, num_classes=3)
+    transforms = input_transforms([16, 16], 4, percentile_range(train_cases))
+    nearest = NearestTrainingImage(train_cases, transforms, 4)
+    batch = load_batch(train_cases[2:4], transforms)  # training masks: their own images are the nearest
+    images, nfe = nearest.generate(None, batch, [1, 16, 16], 0)
+    assert nfe == 0 and torch.equal(images, torch.as_tensor(batch["image"]))
+    painted, _ = TissueMeans(train_cases, transforms, 4).generate(None, batch, [1, 16, 16], 0)
+    labels = torch.as_tensor(batch["label"]).long()
+    means = [painted[labels == k].unique() for k in labels.unique()]
+    assert len(means) >= 3 and all(len(m) == 1 for m in means)  # one value per tissue
+    means = torch.cat(means).as_subclass(torch.Tensor)
+    assert torch.equal(means, means.sort().values)  # T1: background < CSF < grey < white matter

@@ -6,7 +6,18 @@ import pytest
 import torch
 
 from scripts.denoising import add_noise, nl_means
-from scripts.metrics import hist_wasserstein, mask_dice, mmd, ms_ssim_diversity, psnr_paired, ssim_paired
+from scripts.metrics import (
+    bootstrap_ci,
+    conditional_ms_ssim,
+    correlation_per_case,
+    frechet_distance,
+    hist_wasserstein,
+    mask_dice,
+    mmd,
+    ms_ssim_diversity,
+    psnr_per_case,
+    ssim_per_case,
+)
 
 
 def test_mmd_is_the_equal_size_unbiased_statistic():
@@ -44,11 +55,50 @@ def test_histogram_wasserstein():
 
 def test_paired_ssim_and_psnr():
     x = torch.rand(3, 1, 32, 32) * 2 - 1
-    assert ssim_paired(x, x) == pytest.approx(1.0)
-    assert psnr_paired(x, x) == math.inf
+    assert ssim_per_case(x, x).tolist() == pytest.approx([1.0] * 3)
+    assert torch.isinf(psnr_per_case(x, x)).all()
     # a constant error of 0.1 in a range of 2: MSE 0.01 -> 10 log10(4 / 0.01)
-    assert psnr_paired(x, x + 0.1) == pytest.approx(10 * math.log10(4 / 0.01), rel=1e-5)
-    assert ssim_paired(x, torch.rand(3, 1, 32, 32) * 2 - 1) < 0.2
+    assert psnr_per_case(x, x + 0.1).tolist() == pytest.approx([10 * math.log10(4 / 0.01)] * 3, rel=1e-5)
+    assert ssim_per_case(x, torch.rand(3, 1, 32, 32) * 2 - 1).mean() < 0.2
+
+
+def test_correlation_in_mask_ignores_gain_offset_and_the_background():
+    g = torch.Generator().manual_seed(0)
+    real = torch.rand(2, 1, 16, 16, generator=g)
+    masks = torch.zeros(2, 1, 16, 16)
+    masks[..., 4:12, 4:12] = 2
+    generated = 3 * real + 0.5
+    generated[..., :2, :] = 9  # outside the mask: ignored
+    assert correlation_per_case(real, generated, masks).tolist() == pytest.approx([1.0, 1.0])
+    assert correlation_per_case(real, -real, masks).tolist() == pytest.approx([-1.0, -1.0])
+    noise = torch.rand(2, 1, 16, 16, generator=g)
+    assert correlation_per_case(real, noise, masks).abs().max() < 0.4
+
+
+def test_kid_kernel_mmd_and_frechet_distance():
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(200, 8, generator=g), torch.randn(200, 8, generator=g)
+    assert abs(mmd(a, b, "polynomial")) < 0.2 < 2 < mmd(a, b + 1, "polynomial")
+    assert frechet_distance(a, a) == pytest.approx(0, abs=1e-6)
+    assert frechet_distance(a, b + 1) == pytest.approx(8, rel=0.2)  # |mean difference|^2 = 8, same covariances
+    with pytest.raises(ValueError, match="kernel"):
+        mmd(a, b, "rbf")
+
+
+def test_bootstrap_interval_covers_the_mean_and_shrinks_with_more_cases():
+    g = torch.Generator().manual_seed(0)
+    small, large = torch.randn(20, generator=g), torch.randn(2000, generator=g)
+    lo, hi = bootstrap_ci(lambda i: float(small[i].mean()), len(small))
+    assert lo < float(small.mean()) < hi
+    lo2, hi2 = bootstrap_ci(lambda i: float(large[i].mean()), len(large))
+    assert hi2 - lo2 < (hi - lo) / 4
+
+
+def test_conditional_ms_ssim_is_one_for_a_collapsed_model():
+    torch.manual_seed(0)
+    x = torch.rand(3, 1, 1, 64, 64) * 2 - 1
+    assert conditional_ms_ssim(x.repeat(1, 4, 1, 1, 1)).tolist() == pytest.approx([1.0] * 3)
+    assert conditional_ms_ssim(torch.rand(3, 4, 1, 64, 64) * 2 - 1).max() < 0.3
 
 
 def test_ms_ssim_diversity():
@@ -86,4 +136,4 @@ def test_nl_means_removes_noise():
     yy, xx = torch.meshgrid(torch.linspace(-1, 1, 48), torch.linspace(-1, 1, 48), indexing="ij")
     clean = ((xx**2 + yy**2) < 0.5).float().view(1, 1, 48, 48) * 1.6 - 0.8
     noisy = add_noise(clean, "gaussian", 0.05, g)
-    assert psnr_paired(clean, nl_means(noisy, [0.1])) > psnr_paired(clean, noisy) + 3
+    assert psnr_per_case(clean, nl_means(noisy, [0.1])).mean() > psnr_per_case(clean, noisy).mean() + 3

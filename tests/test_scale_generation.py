@@ -42,7 +42,7 @@ def test_rerun_generates_only_missing_cases(settings, small_datalist, tmp_path):
     out = tmp_path / "out"
     run_bundle(CONFIG_FILES, **settings)
     images = sorted((out / "images").iterdir())
-    assert len(images) == len(json.loads(small_datalist.read_text())["test"]) == 3
+    assert len(images) == len(json.loads(small_datalist.read_text())["test"]) == 4
     first = {p.name: (p.stat().st_mtime_ns, nib.load(p).get_fdata()) for p in images}
 
     images[1].unlink()  # as if killed before writing this case, leaving a half-written temporary file
@@ -51,12 +51,12 @@ def test_rerun_generates_only_missing_cases(settings, small_datalist, tmp_path):
     run_bundle(CONFIG_FILES, **settings)
 
     info = json.loads((out / "info.json").read_text())
-    assert info["generated"] == 1 and info["num_cases"] == 3 and info["nfe"] == 2
+    assert info["generated"] == 1 and info["num_cases"] == 4 and info["nfe"] == 2
     for p in sorted((out / "images").iterdir()):
         mtime, data = first[p.name]
         assert (p.stat().st_mtime_ns == mtime) == (p.name != images[1].name)  # only the missing case is new
         assert np.allclose(nib.load(p).get_fdata(), data, atol=1e-3)  # and it is the same image
-    assert len(json.loads((out / "datalist.json").read_text())["training"]) == 3
+    assert len(json.loads((out / "datalist.json").read_text())["training"]) == 4
     assert not list(out.rglob(".*"))
 
 

@@ -28,6 +28,8 @@ class ModelCard:
         intensity_range: data units mapped to [-1, 1] in training (None until known).
         variant: the variant name, for messages.
         schedule: the DDPM noise schedule (``DDPMScheduler`` arguments); None for flow models.
+        provenance: how the weights were made (training data and code fingerprints, settings, iterations, epochs,
+            training time, validation-loss curve; see ``provenance.py`` and ``TrainingCheckpoint``).
     """
 
     def __init__(
@@ -38,10 +40,12 @@ class ModelCard:
         intensity_range: Sequence[float] | None = None,
         variant: str = "",
         schedule: Mapping[str, Any] | None = None,
+        provenance: Mapping[str, Any] | None = None,
     ) -> None:
         self.method, self.network, self.image_size = method, dict(network), [int(s) for s in image_size]
         self.intensity_range = None if intensity_range is None else [float(v) for v in intensity_range]
         self.variant, self.schedule = variant, None if schedule is None else dict(schedule)
+        self.provenance = dict(provenance or {})
 
     def state_dict(self) -> dict:
         return {
@@ -51,6 +55,7 @@ class ModelCard:
             "intensity_range": self.intensity_range,
             "variant": self.variant,
             "schedule": self.schedule,
+            "provenance": self.provenance,
         }
 
     def check(self, saved: Mapping[str, Any], source: str) -> None:
@@ -75,6 +80,7 @@ class ModelCard:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.check(state, "being resumed")
         self.intensity_range = state.get("intensity_range") or self.intensity_range
+        self.provenance = dict(state.get("provenance") or {})
 
 
 def save_atomic(obj: Any, path: str, writer: Callable[[Any, Any], Any] = torch.save) -> None:

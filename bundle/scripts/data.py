@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from monai.data import MetaTensor, list_data_collate
 from monai.transforms import (
+    AsDiscreted,
     Compose,
     LoadImaged,
     MapTransform,
@@ -28,6 +29,7 @@ from monai.transforms import (
     ScaleIntensityRange,
     ScaleIntensityRanged,
 )
+from monai.utils import convert_to_tensor
 
 KEYS = ("image", "label")
 MODEL_RANGE = (-1.0, 1.0)  # intensities the model sees
@@ -161,15 +163,24 @@ def model_transforms(
     """
     spatial_dims = len(image_size)
     linear = "bilinear" if spatial_dims == 2 else "trilinear"
+    # labels are resampled as one-hot maps with the image's own interpolation and anti-aliasing, then argmax'd:
+    # each label lands exactly where the image structure it labels does, at any scale (nearest-neighbour modes
+    # are off by up to half an input pixel). Without a label count (unconditional models) labels are only
+    # geometry references, resized by "nearest-exact".
+    label_mode = linear if num_labels else "nearest-exact"
     xforms = [
         CheckInputd(spatial_dims, num_labels),
         Orientationd(KEYS, axcodes="RAS"[:spatial_dims], allow_missing_keys=True),
+    ]
+    if num_labels:
+        xforms.append(AsDiscreted("label", to_onehot=num_labels, allow_missing_keys=True))
+    xforms += [
         Resized(
             KEYS,
             max(image_size),
             size_mode="longest",
-            mode=(linear, "nearest"),
-            anti_aliasing=(True, False),
+            mode=(linear, label_mode),
+            anti_aliasing=(True, bool(num_labels)),
             allow_missing_keys=True,
         ),
         ResizeWithPadOrCropd(KEYS, tuple(image_size), allow_missing_keys=True),
@@ -182,11 +193,13 @@ def model_transforms(
                 prob=0.5,
                 rotate_range=[0.1] * (1 if spatial_dims == 2 else 3),
                 scale_range=0.05,
-                mode=(linear, "nearest"),
+                mode=(linear, linear if num_labels else "nearest"),  # grid_sample's nearest is centre-aligned
                 padding_mode="border",
                 allow_missing_keys=True,
             ),
         ]
+    if num_labels:
+        xforms.append(AsDiscreted("label", argmax=True, allow_missing_keys=True))
     if intensity_range is not None:
         xforms.append(ScaleIntensityRanged("image", *intensity_range, *MODEL_RANGE, clip=True, allow_missing_keys=True))
     return Compose(xforms)
@@ -216,3 +229,9 @@ def to_source_grid(image: torch.Tensor, reference: MetaTensor) -> MetaTensor:
 def load_batch(cases: Sequence[dict], transforms) -> dict:
     """Transforms and collates a few cases into one batch (e.g. the fixed cases of training previews)."""
     return list_data_collate([transforms(case) for case in cases])
+
+
+def load_images(cases: Sequence[dict], transforms, key: str = "image", batch: int = 64) -> torch.Tensor:
+    """The ``key`` of every case, transformed and stacked as a plain tensor: (N, C, *image_size)."""
+    parts = [load_batch(cases[i : i + batch], transforms)[key] for i in range(0, len(cases), batch)]
+    return convert_to_tensor(torch.cat(parts), track_meta=False)

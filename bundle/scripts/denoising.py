@@ -19,7 +19,8 @@ from skimage.restoration import denoise_nl_means
 from torch import nn
 
 from . import metrics
-from .evaluation import load_images, save_json
+from .data import load_images
+from .evaluation import save_json
 from .flow import conditions, plain
 from .sampler import FlowSampler, estimate_sigma
 from .visualize import save_grid
@@ -129,8 +130,8 @@ class DenoisingBenchmark:
                 row = {"noise": kind, "level": level, "sigma_estimated": float(np.mean(sigmas)) / 2, "flow_nfe": nfe}
                 for name, images in results.items():
                     images = images.clamp(-1, 1)
-                    row[f"psnr_{name}"] = metrics.psnr_paired(clean, images)
-                    row[f"ssim_{name}"] = metrics.ssim_paired(clean, images)
+                    row[f"psnr_{name}"] = float(metrics.psnr_per_case(clean, images).mean())
+                    row[f"ssim_{name}"] = float(metrics.ssim_per_case(clean, images).mean())
                 rows.append(row)
                 grid["clean"].append(clean[0])
                 for name, images in results.items():

@@ -19,8 +19,9 @@ from monai.utils import set_determinism
 from torch import nn
 
 from .checkpoint import ModelCard, load_model, save_model
-from .data import input_transforms
+from .data import input_transforms, load_images
 from .flow import plain
+from .metrics import mask_dice
 
 TASKS = {"segmenter": "label", "classifier": "class"}  # task -> the case key it predicts
 
@@ -95,13 +96,41 @@ def predict(network: nn.Module, images: torch.Tensor, batch_size: int = 32) -> t
 
 def score(task: str, network: nn.Module, cases: Sequence[dict], transforms, num_outputs: int) -> float:
     """Mean foreground Dice (segmenter) or accuracy (classifier) of ``network`` on ``cases``."""
-    from .evaluation import load_images
-    from .metrics import mask_dice
-
     predicted = predict(network, load_images(cases, transforms))
     if task == "segmenter":
         return mask_dice(load_images(cases, transforms, key="label"), predicted, num_outputs)
     return float((predicted == torch.tensor([int(c["class"]) for c in cases])).float().mean())
+
+
+def encoder_levels(segmenter: nn.Module) -> list[nn.Module]:
+    """The encoder blocks of a MONAI ``UNet`` segmenter, from the first down block to the bottom block."""
+    levels, node = [], segmenter.model
+    while isinstance(node, nn.Sequential):
+        levels.append(node[0])
+        node = node[1].submodule  # the SkipConnection's inner part: the next level, or the bottom block
+    return [*levels, node]
+
+
+@torch.no_grad()
+def segmenter_features(segmenter: nn.Module, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """Image features from a segmenter trained here: every encoder block's output, averaged over space and
+    concatenated, for images (N, 1, *spatial) -> (N, 16 + 32 + 64 + 128). They feed the feature-space Frechet
+    distance and KID of evaluation (not Inception features: these come from a network of this project, trained on
+    the training subjects only)."""
+    outputs: list[torch.Tensor] = []
+    levels = encoder_levels(segmenter)
+    hooks = [m.register_forward_hook(lambda m, i, o: outputs.append(o.flatten(2).mean(2))) for m in levels]
+    device = next(segmenter.parameters()).device
+    parts = []
+    try:
+        for i in range(0, len(images), batch_size):
+            outputs.clear()
+            segmenter(images[i : i + batch_size].to(device))
+            parts.append(torch.cat(outputs, dim=1).cpu())
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return torch.cat(parts)
 
 
 def save(path: str, task: str, network: nn.Module, image_size, num_outputs: int, intensity_range) -> None:

@@ -1,11 +1,26 @@
-"""Evaluation: compare a generated set (the output folder of a synthesis run) with the real test cases.
+"""Evaluation: compare a generated set (a synthesis output folder) with the real cases it was generated for.
 
-Both sets go through the same input transforms, so they are compared on the model's grid and in its [-1, 1]
-range. Writes ``metrics.json`` and ``intensity_kde.png`` into the generated set's folder.
+Both sets are read from disk through the same transforms onto the model's grid and scaled to [-1, 1] with the
+model card's intensity range, or, when the real images' intensities are far from that range (another scanner, other
+units), each image by its own robust percentiles, so no metric reports a unit mismatch as a quality gap.
 
-metrics.json keys: ``mmd``, ``hist_wasserstein``, ``ms_ssim_diversity`` (and ``ms_ssim_diversity_real``),
-``ssim_paired``, ``psnr_paired``, ``mask_dice``, ``fid``, ``nfe``, ``seconds_per_sample``, ``device``; a key the
-variant cannot have is null, and ``skipped`` says why each null metric was not computed.
+``metrics.json`` holds, each with a 95% bootstrap interval over cases in ``ci95``:
+
+- distribution: ``mmd`` (images, linear kernel), ``hist_wasserstein`` (intensities), and in the features of the
+  segmenter trained here on the training subjects: ``fd_segmenter_features`` (Frechet distance, all cases),
+  ``kid_segmenter_features`` (KID's polynomial-kernel MMD), and ``fd_halves_generated`` against
+  ``fd_halves_real``: generated images of one half of the subjects against the real images of the other half,
+  beside the two real halves against each other (same sizes, so the same small-sample bias);
+- diversity: ``ms_ssim_diversity`` among generated images (and ``ms_ssim_diversity_real``), and
+  ``conditional_ms_ssim``: the mean pairwise MS-SSIM of ``diversity_samples`` samples of one condition (1: every
+  noise gives the same image);
+- following the condition: ``mask_dice`` (the segmenter on generated images against their masks) beside
+  ``mask_dice_real`` (the same segmenter on the real images: the ceiling), ``correlation_in_mask`` (Pearson r with
+  the real image inside the brain), and the paired ``ssim_paired`` / ``psnr_paired``, which a mean image wins;
+- ``fid`` only with a local Inception network (``fid_model``); ``nfe``, ``seconds_per_sample``, the settings,
+  and ``model``: the model card's provenance (iterations, data and code fingerprints, training time).
+
+A key the variant cannot have is null, and ``skipped`` says why.
 """
 
 from __future__ import annotations
@@ -13,102 +28,279 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 
+import numpy as np
 import torch
+from monai.transforms import LoadImage
 from scipy.stats import gaussian_kde
+from torch import nn
 
 from . import downstream, metrics
 from .checkpoint import save_atomic
-from .data import load_batch, load_cases
-from .flow import plain
+from .data import MODEL_RANGE, load_batch, load_cases, load_images
 from .visualize import plt
 
 logger = logging.getLogger(__name__)
 
+PERCENTILES = (0.5, 99.5)
 
-def load_images(cases: Sequence[dict], transforms, key: str = "image", batch: int = 64) -> torch.Tensor:
-    """The ``key`` of every case, transformed and stacked: (N, 1, *image_size)."""
-    parts = [plain(load_batch(cases[i : i + batch], transforms)[key]) for i in range(0, len(cases), batch)]
-    return torch.cat(parts)
+
+def save_json(content: dict, path: str) -> None:
+    """Writes JSON atomically (via ``save_atomic``'s temporary-file-and-rename)."""
+    save_atomic(content, path, writer=lambda obj, f: f.write(json.dumps(obj, indent=1).encode()))
+
+
+def to_model_range(images: torch.Tensor, intensity_range: Sequence[float] | None) -> torch.Tensor:
+    """Data units -> [-1, 1] (clipped): with ``intensity_range``, or with each image's own percentiles."""
+    lo_out, hi_out = MODEL_RANGE
+    if intensity_range is None:
+        flat = images.flatten(1).double()
+        q = torch.quantile(flat, torch.tensor([p / 100 for p in PERCENTILES], dtype=flat.dtype), dim=1)
+        lo, hi = (v.view(-1, *[1] * (images.dim() - 1)).to(images.dtype) for v in q)
+    else:
+        lo, hi = intensity_range
+    scaled = (images - lo) / (hi - lo + 1e-12) * (hi_out - lo_out) + lo_out
+    return scaled.clamp(lo_out, hi_out)
+
+
+def intensity_mismatch(real: torch.Tensor, intensity_range: Sequence[float]) -> str | None:
+    """Why the real images' robust range [p0.5, p99.5] is too far from the model's ``intensity_range`` to compare
+    in the model's units (width off by more than 2x, or centres more than half a width apart); None if it is not."""
+    a, b = np.percentile(real.numpy(), PERCENTILES)
+    lo, hi = intensity_range
+    width, real_width = hi - lo, b - a
+    if not 0.5 <= real_width / width <= 2 or abs((a + b) / 2 - (lo + hi) / 2) > width / 2:
+        return (
+            f"the real images' p{PERCENTILES[0]}-p{PERCENTILES[1]} range [{a:.4g}, {b:.4g}] is far from the model's "
+            f"intensity range [{lo:.4g}, {hi:.4g}]: both sets are compared with each image scaled by its own "
+            "percentiles"
+        )
+    return None
+
+
+def _with_ci(values: dict, ci: dict, name: str, value: float | None, interval: list[float] | None) -> None:
+    values[name] = value
+    if interval is not None:
+        ci[name] = interval
 
 
 class Evaluation:
-    """Computes the metrics of a generated set against real cases.
+    """Computes the metrics of a generated set against the real cases it was generated for.
 
     Args:
         output_dir: a synthesis output folder (``datalist.json``, ``info.json``, images); metrics are added to it.
-        real_cases: the real cases the set was generated for (same order), from ``load_cases``.
-        transforms: the model's input transforms (``input_transforms`` with the model card's intensity range).
+        real_cases: the real cases, in the generated set's order, from ``load_cases``.
+        transforms: input transforms onto the model's grid *without* intensity scaling (``input_transforms`` with
+            ``intensity_range=None``).
         image_size: the model's spatial shape.
-        num_labels: mask labels (0: not mask-conditioned, so no paired metrics and no mask Dice).
-        segmenter_path: a segmenter model file for mask consistency (see ``downstream``); None or missing: skipped.
-        fid_model: optional local TorchScript feature network for FID (images (N, 3, 299, 299) in [0, 1] ->
-            features (N, F)); None: FID skipped (no Inception weights ship or download here).
+        num_labels: mask labels (0: no mask, so no mask metrics).
+        intensity_range: the model card's data range for [-1, 1].
+        segmenter_path: the segmenter model file for mask Dice and the feature metrics; None or missing: skipped.
+        fid_model: optional local TorchScript Inception network (images (N, 3, 299, 299) in [0, 1] -> (N, F)).
         device: torch device for the networks.
+        network, sampler: the generator, for conditional diversity (None: skipped).
+        seed: the seed the set was generated with; conditional diversity draws ``diversity_samples`` further seeds.
+        diversity_samples, diversity_cases: samples per condition and how many conditions (evenly spread).
+        bootstrap_draws: resamples for the intervals.
+        model_card: the generator's card, whose provenance is copied into metrics.json.
     """
 
     def __init__(
         self,
         output_dir: str,
         real_cases: Sequence[dict],
-        transforms,
+        transforms: Callable,
         image_size: Sequence[int],
         num_labels: int,
+        intensity_range: Sequence[float],
         segmenter_path: str | None = None,
         fid_model: str | None = None,
         device: str | torch.device = "cpu",
+        network: nn.Module | None = None,
+        sampler=None,
+        seed: int = 0,
+        diversity_samples: int = 4,
+        diversity_cases: int = 32,
+        bootstrap_draws: int = 200,
+        model_card: Mapping | None = None,
     ) -> None:
         self.output_dir, self.real_cases, self.transforms = output_dir, list(real_cases), transforms
-        self.image_size, self.num_labels = list(image_size), num_labels
+        self.image_size, self.num_labels, self.intensity_range = list(image_size), num_labels, list(intensity_range)
         self.segmenter_path, self.fid_model, self.device = segmenter_path, fid_model, device
+        self.network, self.sampler, self.seed = network, sampler, seed
+        self.diversity_samples, self.diversity_cases, self.draws = diversity_samples, diversity_cases, bootstrap_draws
+        self.model_card = dict(model_card or {})
 
     def run(self) -> dict:
         with open(os.path.join(self.output_dir, "info.json")) as f:
             info = json.load(f)
         generated_cases = load_cases(os.path.join(self.output_dir, "datalist.json"), "training")
-        generated = load_images(generated_cases, self.transforms)
-        real = load_images(self.real_cases, self.transforms)
+        conditioned = any(key in generated_cases[0] for key in ("label", "class"))  # one image per real case
+        self._check_match(generated_cases, conditioned)
+        real_raw = load_images(self.real_cases, self.transforms)
+        mismatch = intensity_mismatch(real_raw, self.intensity_range)
+        scale = None if mismatch else self.intensity_range
+        real = to_model_range(real_raw, scale)
+        generated = to_model_range(load_images(generated_cases, self.transforms), scale)
         values: dict = {
             "num_generated": len(generated),
             "num_real": len(real),
-            "mmd": metrics.mmd(real, generated),
-            "hist_wasserstein": metrics.hist_wasserstein(real, generated),
-            "ms_ssim_diversity": metrics.ms_ssim_diversity(generated),
-            "ms_ssim_diversity_real": metrics.ms_ssim_diversity(real),
-            "ssim_paired": None,
-            "psnr_paired": None,
-            "mask_dice": None,
-            "fid": None,
-            **{key: info.get(key) for key in ("nfe", "seconds_per_sample", "device", "solver", "num_steps")},
+            "normalisation": mismatch or f"the model card's intensity range {self.intensity_range}",
+            **{key: info.get(key) for key in ("nfe", "seconds_per_sample", "device", "solver", "num_steps", "seed")},
+            "guidance_scale": info.get("guidance_scale"),
             "skipped": {},
+            "ci95": {},
         }
-        if self.num_labels:
-            if len(generated) != len(real):
-                raise ValueError(
-                    f"{self.output_dir} holds {len(generated)} generated cases for {len(real)} real ones: "
-                    "paired metrics need one generated image per real case"
-                )
-            values["ssim_paired"] = metrics.ssim_paired(real, generated)
-            values["psnr_paired"] = metrics.psnr_paired(real, generated)
-            values["mask_dice"] = self._mask_dice(generated, values["skipped"])
-        else:
-            values["skipped"]["paired"] = "the variant has no mask: no real image pairs with a generated one"
+        self._distribution(values, real, generated)
+        self._paired(values, real, generated)
+        self._conditional_diversity(values)
         values["fid"] = self._fid(real, generated, values["skipped"])
+        values["model"] = self.model_card.get("provenance", {})
         self._plot_kde(real, generated)
         save_json(values, os.path.join(self.output_dir, "metrics.json"))
-        logger.info("metrics: " + ", ".join(f"{k}={v}" for k, v in values.items() if k != "skipped"))
+        shown = ("mask_dice", "mask_dice_real", "fd_halves_generated", "fd_halves_real", "conditional_ms_ssim")
+        logger.info("metrics: " + ", ".join(f"{k}={values.get(k)}" for k in shown))
         return values
 
-    def _mask_dice(self, generated: torch.Tensor, skipped: dict) -> float | None:
-        if not self.segmenter_path or not os.path.isfile(self.segmenter_path):
-            skipped["mask_dice"] = (
-                f"no segmenter at {self.segmenter_path}; train one with bundle/configs/train_segmenter.json"
-            )
-            return None
-        segmenter = downstream.load(self.segmenter_path, "segmenter", self.image_size, self.num_labels, self.device)
+    def _check_match(self, generated_cases: list[dict], conditioned: bool) -> None:
+        """Refuses a generated set that is not one image per real case, by id and on the real case's grid."""
+        where = f"generated set {self.output_dir}"
+        if len(generated_cases) != len(self.real_cases):
+            raise ValueError(f"{where} holds {len(generated_cases)} cases for {len(self.real_cases)} real ones")
+        if not conditioned:
+            return
+        load = LoadImage(image_only=True)
+        for gen, real in zip(generated_cases, self.real_cases):
+            name = os.path.basename(gen["image"]).removesuffix(".nii.gz")
+            if name != real["id"]:
+                raise ValueError(f"{where}: case {gen['image']} stands where real case {real['id']} is expected")
+            reference = real.get("label", real.get("image"))
+            a, b = load(gen["image"]), load(reference)
+            if a.shape != b.shape or not np.allclose(np.asarray(a.affine), np.asarray(b.affine), atol=1e-3):
+                raise ValueError(
+                    f"{where}: {gen['image']} (shape {tuple(a.shape)}) is not on the grid of {reference} "
+                    f"(shape {tuple(b.shape)})"
+                )
+
+    def _distribution(self, values: dict, real: torch.Tensor, generated: torch.Tensor) -> None:
+        n, ci, draws = len(real), values["ci95"], self.draws
+        pair = min(n, len(generated))
+        _with_ci(
+            values,
+            ci,
+            "mmd",
+            metrics.mmd(real, generated),
+            metrics.bootstrap_ci(lambda i: metrics.mmd(real[:pair][i], generated[:pair][i]), pair, draws),
+        )
+        values["hist_wasserstein"] = metrics.hist_wasserstein(real, generated)
+        values["ms_ssim_diversity"] = metrics.ms_ssim_diversity(generated)
+        values["ms_ssim_diversity_real"] = metrics.ms_ssim_diversity(real)
+        segmenter = self._segmenter(values["skipped"])
+        keys = ("fd_segmenter_features", "kid_segmenter_features", "fd_halves_generated", "fd_halves_real")
+        if segmenter is None:
+            values.update(dict.fromkeys(keys))
+            return
+        f_real, f_gen = (downstream.segmenter_features(segmenter, x.to(self.device)) for x in (real, generated))
+        _with_ci(
+            values,
+            ci,
+            "fd_segmenter_features",
+            metrics.frechet_distance(f_real, f_gen),
+            metrics.bootstrap_ci(lambda i: metrics.frechet_distance(f_real[i], f_gen[i]), pair, draws),
+        )
+        _with_ci(
+            values,
+            ci,
+            "kid_segmenter_features",
+            metrics.mmd(f_real, f_gen, "polynomial"),
+            metrics.bootstrap_ci(lambda i: metrics.mmd(f_real[i], f_gen[i], "polynomial"), pair, draws),
+        )
+        a, b = self._halves()
+        if min(len(a), len(b)) < 2:
+            values["fd_halves_generated"] = values["fd_halves_real"] = None
+            values["skipped"]["fd_halves"] = f"halves of {len(a)} and {len(b)} cases: two or more each are needed"
+            return
+        values["fd_halves_generated"] = (
+            metrics.frechet_distance(f_real[b], f_gen[a]) + metrics.frechet_distance(f_real[a], f_gen[b])
+        ) / 2
+        values["fd_halves_real"] = metrics.frechet_distance(f_real[a], f_real[b])
+
+    def _halves(self) -> tuple[list[int], list[int]]:
+        """Two halves of the real cases: by subject when cases name one (alternate subjects), else alternate cases."""
+        subjects = list(dict.fromkeys(c.get("subject", i) for i, c in enumerate(self.real_cases)))
+        first = set(subjects[0::2])
+        a = [i for i, c in enumerate(self.real_cases) if c.get("subject", i) in first]
+        b = [i for i in range(len(self.real_cases)) if i not in set(a)]
+        return a, b
+
+    def _paired(self, values: dict, real: torch.Tensor, generated: torch.Tensor) -> None:
+        keys = ("ssim_paired", "psnr_paired", "correlation_in_mask", "mask_dice", "mask_dice_real")
+        values.update(dict.fromkeys(keys))
+        if not self.num_labels:
+            values["skipped"]["paired"] = "the variant has no mask: no real image pairs with a generated one"
+            return
         masks = load_images(self.real_cases, self.transforms, key="label")
-        return metrics.mask_dice(masks, downstream.predict(segmenter, generated), self.num_labels)
+        per_case = {
+            "ssim_paired": metrics.ssim_per_case(real, generated),
+            "psnr_paired": metrics.psnr_per_case(real, generated),
+            "correlation_in_mask": metrics.correlation_per_case(real, generated, masks),
+        }
+        segmenter = self._segmenter(values["skipped"])
+        if segmenter is not None:
+            for key, images in (("mask_dice", generated), ("mask_dice_real", real)):
+                predicted = downstream.predict(segmenter, images.to(self.device))
+                per_case[key] = metrics.dice_per_case(masks, predicted, self.num_labels)
+        for key, v in per_case.items():
+            v = v.double()
+            finite = torch.isfinite(v) if key != "psnr_paired" else ~torch.isnan(v)
+            _with_ci(
+                values,
+                values["ci95"],
+                key,
+                float(v[finite].mean()),
+                metrics.bootstrap_ci(lambda i, v=v[finite]: float(v[i].mean()), int(finite.sum()), self.draws),
+            )
+
+    def _conditional_diversity(self, values: dict) -> None:
+        values["conditional_ms_ssim"] = None
+        if self.network is None or self.sampler is None:
+            values["skipped"]["conditional_ms_ssim"] = "no generator given (a baseline or an imported set)"
+            return
+        if not self.num_labels and "class" not in self.real_cases[0]:
+            values["skipped"]["conditional_ms_ssim"] = "an unconditional model has no condition to repeat"
+            return
+        picks = np.unique(np.linspace(0, len(self.real_cases) - 1, min(self.diversity_cases, len(self.real_cases))))
+        cases = [self.real_cases[int(i)] for i in picks.round().astype(int)]
+        batch = load_batch(cases, self.transforms)
+        shape = [1, *self.image_size]
+        self.network.to(self.device).eval()
+        samples = [
+            self.sampler.generate(self.network, batch, shape, self.seed + 7919 * (k + 1), self.device)[0].cpu()
+            for k in range(self.diversity_samples)
+        ]
+        per_case = metrics.conditional_ms_ssim(torch.stack(samples, dim=1)).double()
+        values["conditional_ms_ssim_cases"] = len(cases)
+        values["conditional_ms_ssim_samples"] = self.diversity_samples
+        _with_ci(
+            values,
+            values["ci95"],
+            "conditional_ms_ssim",
+            float(per_case.mean()),
+            metrics.bootstrap_ci(lambda i: float(per_case[i].mean()), len(per_case), self.draws),
+        )
+
+    def _segmenter(self, skipped: dict) -> nn.Module | None:
+        if not hasattr(self, "_segmenter_net"):
+            self._segmenter_net = None
+            if self.segmenter_path and os.path.isfile(self.segmenter_path) and self.num_labels:
+                self._segmenter_net = downstream.load(
+                    self.segmenter_path, "segmenter", self.image_size, self.num_labels, self.device
+                )
+        if self._segmenter_net is None:
+            why = "no labels to segment" if not self.num_labels else f"no segmenter at {self.segmenter_path}"
+            skipped["segmenter"] = f"{why}; train one with bundle/configs/train_segmenter.json"
+        return self._segmenter_net
 
     def _fid(self, real: torch.Tensor, generated: torch.Tensor, skipped: dict) -> float | None:
         if not self.fid_model:
@@ -126,9 +318,7 @@ class Evaluation:
             with torch.no_grad():
                 return network(x.repeat(1, 3, 1, 1).to(self.device)).cpu()
 
-        from monai.metrics import FIDMetric
-
-        return float(FIDMetric()(features(generated), features(real)))
+        return metrics.frechet_distance(features(real), features(generated))
 
     def _plot_kde(self, real: torch.Tensor, generated: torch.Tensor, points: int = 20000) -> None:
         """Kernel density of real vs generated intensities (as MOTFM's Figure 3)."""
@@ -144,8 +334,3 @@ class Evaluation:
         fig.tight_layout()
         fig.savefig(os.path.join(self.output_dir, "intensity_kde.png"), dpi=100)
         plt.close(fig)
-
-
-def save_json(content: dict, path: str) -> None:
-    """Writes JSON atomically (via ``save_atomic``'s temporary-file-and-rename)."""
-    save_atomic(content, path, writer=lambda obj, f: f.write(json.dumps(obj, indent=1).encode()))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import math
 import random
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -26,20 +27,63 @@ def _unit(images: torch.Tensor) -> torch.Tensor:
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)  # MONAI's (and Wang et al.'s) five scales
 
 
-def mmd(real: torch.Tensor, generated: torch.Tensor) -> float:
-    """Unbiased squared maximum mean discrepancy, linear kernel, between equally many real images x and generated
-    images y (N, 1, *spatial): the mean over i != j of (x_i - y_i) . (x_j - y_j) (Gretton et al. 2012, Lemma 6).
+KERNELS = ("linear", "polynomial")
 
-    Its expectation is |mean(x) - mean(y)|^2 even when y_i was generated from x_i's mask or class. MONAI's
-    ``MMDMetric`` (Eq. 3 there) also counts the pairs x_i . y_i, which assumes the sets independent: on paired sets
-    it falls far below zero.
+
+def _kernel(a: torch.Tensor, b: torch.Tensor, kernel: str) -> torch.Tensor:
+    """Kernel matrix between rows of a (N, D) and b (M, D): linear a.b, or KID's cubic (a.b / D + 1)^3."""
+    if kernel == "linear":
+        return a @ b.T
+    if kernel == "polynomial":
+        return (a @ b.T / a.shape[1] + 1) ** 3
+    raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+
+
+def mmd(real: torch.Tensor, generated: torch.Tensor, kernel: str = "linear") -> float:
+    """Unbiased squared maximum mean discrepancy between equally many real x and generated y samples (N, ...):
+    the mean over i != j of k(x_i, x_j) + k(y_i, y_j) - k(x_i, y_j) - k(x_j, y_i) (Gretton et al. 2012, Lemma 6).
+
+    The linear kernel on images gives |mean(x) - mean(y)|^2 in expectation; the cubic polynomial kernel on
+    features is the kernel of KID (Binkowski et al. 2018). Pairs x_i, y_i never meet, so the statistic stays
+    unbiased when y_i was generated from x_i's mask or class; MONAI's ``MMDMetric`` (Eq. 3 there) counts them,
+    which assumes independent sets: on paired sets it falls far below zero.
     """
     n = min(len(real), len(generated))
     if n < 2:
-        raise ValueError(f"MMD needs at least two images in each set, got {len(real)} and {len(generated)}")
-    d = (real[:n] - generated[:n]).flatten(1).double()
-    k = d @ d.T
-    return float((k.sum() - k.diagonal().sum()) / (n * (n - 1)))
+        raise ValueError(f"MMD needs at least two samples in each set, got {len(real)} and {len(generated)}")
+    x, y = real[:n].flatten(1).double(), generated[:n].flatten(1).double()
+    h = _kernel(x, x, kernel) + _kernel(y, y, kernel) - _kernel(x, y, kernel) - _kernel(y, x, kernel)
+    return float((h.sum() - h.diagonal().sum()) / (n * (n - 1)))
+
+
+def frechet_distance(real: torch.Tensor, generated: torch.Tensor) -> float:
+    """Frechet distance between Gaussians fitted to two feature sets (N, D): |mu1 - mu2|^2 + tr(S1) + tr(S2) -
+    2 tr((S1 S2)^1/2), with tr((S1 S2)^1/2) = sum of the square roots of the eigenvalues of S1^1/2 S2 S1^1/2
+    (symmetric, so two eigendecompositions give it exactly, also for the singular covariances of sets smaller
+    than the feature dimension, where MONAI's ``FIDMetric`` and ``scipy.linalg.sqrtm`` fail or crawl)."""
+    if min(len(real), len(generated)) < 2:
+        raise ValueError(f"a Frechet distance needs two samples in each set, got {len(real)} and {len(generated)}")
+    a, b = real.double().numpy(), generated.double().numpy()
+    mu = a.mean(0) - b.mean(0)
+    s1, s2 = (np.atleast_2d(np.cov(x, rowvar=False)) for x in (a, b))
+    values, vectors = np.linalg.eigh(s1)
+    root1 = (vectors * np.sqrt(values.clip(min=0))) @ vectors.T
+    middle = root1 @ s2 @ root1
+    cross = np.sqrt(np.linalg.eigvalsh((middle + middle.T) / 2).clip(min=0)).sum()
+    return float(mu @ mu + np.trace(s1) + np.trace(s2) - 2 * cross)
+
+
+def bootstrap_ci(
+    statistic: Callable[[torch.Tensor], float], n: int, draws: int = 200, seed: int = 0, level: float = 0.95
+) -> list[float]:
+    """Percentile bootstrap interval of ``statistic(indices)`` over ``n`` cases resampled with replacement."""
+    g = torch.Generator().manual_seed(seed)
+    values = np.array([statistic(torch.randint(0, n, (n,), generator=g)) for _ in range(draws)], dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if not len(values):
+        return [math.nan, math.nan]
+    tail = (1 - level) / 2 * 100
+    return [float(v) for v in np.percentile(values, [tail, 100 - tail])]
 
 
 def intensity_values(images: torch.Tensor) -> np.ndarray:
@@ -77,23 +121,50 @@ def ms_ssim_diversity(images: torch.Tensor, max_pairs: int = 500, seed: int = 0)
     return float(metric(_unit(first), _unit(second)).mean())
 
 
-def ssim_paired(real: torch.Tensor, generated: torch.Tensor) -> float:
-    """Mean SSIM of each generated image against its real counterpart."""
-    return float(SSIMMetric(real.dim() - 2, data_range=1.0)(_unit(generated), _unit(real)).mean())
+def conditional_ms_ssim(groups: torch.Tensor) -> torch.Tensor:
+    """Per condition, the mean pairwise MS-SSIM among its K samples: groups (N, K, 1, *spatial) -> (N,).
+    1 means every noise gives the same image (collapse); lower is more diverse."""
+    n, k = groups.shape[:2]
+    pairs = list(itertools.combinations(range(k), 2))
+    metric = _ms_ssim(groups.dim() - 3, min(groups.shape[3:]))
+    first = torch.cat([groups[:, i] for i, _ in pairs])
+    second = torch.cat([groups[:, j] for _, j in pairs])
+    return metric(_unit(first), _unit(second)).view(len(pairs), n).mean(0)
 
 
-def psnr_paired(real: torch.Tensor, generated: torch.Tensor) -> float:
-    """Mean PSNR (dB) of each generated image against its real counterpart; identical images give inf."""
-    values = PSNRMetric(max_val=DATA_RANGE, reduction="none")(generated, real).flatten()
-    return float(values.mean()) if torch.isfinite(values).all() else math.inf
+def ssim_per_case(real: torch.Tensor, generated: torch.Tensor) -> torch.Tensor:
+    """SSIM of each generated image against its real counterpart: (N,)."""
+    return SSIMMetric(real.dim() - 2, data_range=1.0, reduction="none")(_unit(generated), _unit(real)).view(-1)
 
 
-def mask_dice(masks: torch.Tensor, predicted: torch.Tensor, num_labels: int) -> float:
-    """Mean Dice over the foreground labels between label maps (N, 1, *spatial) and predicted label maps."""
+def psnr_per_case(real: torch.Tensor, generated: torch.Tensor) -> torch.Tensor:
+    """PSNR (dB) of each generated image against its real counterpart: (N,); identical images give inf."""
+    return PSNRMetric(max_val=DATA_RANGE, reduction="none")(generated, real).view(-1)
+
+
+def correlation_per_case(real: torch.Tensor, generated: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Pearson correlation of each generated image with its real counterpart inside its mask's foreground
+    (label > 0): (N,). It ignores global gain and offset, so it measures whether the image follows the anatomy."""
+    out = []
+    for x, y, m in zip(real, generated, masks):
+        inside = m[0] > 0
+        a, b = x[0][inside].double(), y[0][inside].double()
+        a, b = a - a.mean(), b - b.mean()
+        out.append(float((a @ b) / (a.norm() * b.norm()).clamp(min=1e-12)))
+    return torch.tensor(out)
+
+
+def dice_per_case(masks: torch.Tensor, predicted: torch.Tensor, num_labels: int) -> torch.Tensor:
+    """Mean Dice over the foreground labels present, per case, between label maps (N, 1, *spatial): (N,)."""
 
     def onehot(labels: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.one_hot(labels[:, 0].long(), num_labels).movedim(-1, 1)
 
-    dice = DiceMetric(include_background=False, reduction="mean_batch", ignore_empty=True)
+    dice = DiceMetric(include_background=False, reduction="none", ignore_empty=True)
     per_label = dice(onehot(predicted), onehot(masks))
-    return float(per_label[torch.isfinite(per_label)].mean())
+    return torch.nanmean(per_label, dim=1)
+
+
+def mask_dice(masks: torch.Tensor, predicted: torch.Tensor, num_labels: int) -> float:
+    """Mean foreground Dice over cases (see ``dice_per_case``)."""
+    return float(torch.nanmean(dice_per_case(masks, predicted, num_labels)))

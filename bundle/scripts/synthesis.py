@@ -157,7 +157,7 @@ class Synthesis:
             **self.settings,
             "num_cases": len(entries),
             "generated": generated,
-            "nfe": max(s[2] for s in stats) or None,  # None when every case had been written before
+            "nfe": max(s[2] for s in stats) if generated else None,  # None when every case had been written before
             "seconds": round(time.perf_counter() - start, 3),
             "seconds_per_sample": round(sum(s[1] for s in stats) / max(generated, 1), 4),  # on one device, warm
             "world_size": world_size(),

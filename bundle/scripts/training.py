@@ -22,8 +22,9 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
 from .checkpoint import ModelCard, load_model, read_checkpoint, save_atomic, save_model
+from .data import load_batch
 from .distributed import rank, world_size
-from .visualize import save_grid
+from .visualize import save_curve, save_grid
 
 logger = logging.getLogger(__name__)
 
@@ -126,6 +127,10 @@ class TrainingCheckpoint:
     network, EMA, optimizer, LR scheduler, the trainer's grad scaler (mixed precision), trainer state and card to
     ``checkpoint_path`` and the weights with the card to ``model_path``. A state that the checkpoint lacks (e.g. a
     schedule added since it was written) starts afresh, with a warning.
+
+    The card's provenance holds ``provenance`` (data and code fingerprints, settings; see ``provenance.py``) and
+    the run's iterations, epochs and training seconds, summed over resumed runs. A checkpoint made on other
+    training data is refused; a resumed run whose code differs adds an entry to ``code_history``.
     """
 
     def __init__(
@@ -139,9 +144,10 @@ class TrainingCheckpoint:
         lr_scheduler=None,
         interval: int = 1,
         init_path: str | None = None,
+        provenance: dict | None = None,
     ) -> None:
         self.checkpoint_path, self.model_path, self.interval = checkpoint_path, model_path, interval
-        self.init_path = init_path
+        self.init_path, self.provenance = init_path, dict(provenance or {})
         self.network, self.ema, self.card = unwrap(network), ema, card
         self.objects = {"network": self.network, "optimizer": optimizer}
         if ema is not None:
@@ -159,12 +165,15 @@ class TrainingCheckpoint:
         return self.objects if scaler is None else {**self.objects, "scaler": scaler}
 
     def resume(self, engine: Engine) -> None:
+        self.started = time.perf_counter()
         if not os.path.isfile(self.checkpoint_path):
+            self._start_provenance(engine)
             if self.init_path:
                 self.initialise()
             return
         state = read_checkpoint(self.checkpoint_path)
         self.card.load_state_dict(state["card"])
+        self._resume_provenance(state["trainer"]["iteration"])
         for name, obj in self._objects(engine).items():
             if name in state:
                 obj.load_state_dict(state[name])
@@ -179,6 +188,37 @@ class TrainingCheckpoint:
         if engine.state.epoch >= max_epochs:
             logger.info(f"already trained for {engine.state.epoch} >= max_epochs={max_epochs} epochs")
             engine.terminate()
+
+    def _start_provenance(self, engine: Engine) -> None:
+        current = dict(self.provenance)
+        code = current.pop("code", None)
+        self.card.provenance = {
+            **current,
+            "init_ckpt": self.init_path,
+            "code_history": [{"from_iteration": 0, **(code or {})}],
+            "iterations": 0,
+            "epochs": 0,
+            "iterations_per_epoch": engine.state.epoch_length,
+            "training_seconds": 0.0,
+            "validation_loss": [],
+        }
+
+    def _resume_provenance(self, iteration: int) -> None:
+        saved, current = self.card.provenance, dict(self.provenance)
+        code = current.pop("code", None)
+
+        def same_data(a: dict, b: dict) -> bool:  # the bytes, wherever the files lie
+            return all(a.get(k) == b.get(k) for k in ("datalist_sha256", "files_sha256", "num_cases"))
+
+        if saved.get("data") and current.get("data") and not same_data(saved["data"], current["data"]):
+            raise ValueError(
+                f"{self.checkpoint_path} was trained on other data ({saved['data']}) than this run's "
+                f"({current['data']}): choose another output_dir, or init_ckpt to fine-tune from its model file"
+            )
+        history = saved.setdefault("code_history", [])
+        if code and (not history or {k: v for k, v in history[-1].items() if k != "from_iteration"} != code):
+            history.append({"from_iteration": iteration, **code})
+        saved.update({k: v for k, v in current.items() if k != "data"})
 
     def initialise(self) -> None:
         """Loads the weights of the model file ``init_path`` into the network and its moving average."""
@@ -197,6 +237,11 @@ class TrainingCheckpoint:
             return
         state = {name: obj.state_dict() for name, obj in self._objects(engine).items()}
         state["trainer"] = {k: engine.state_dict()[k] for k in ("iteration", "epoch_length", "max_epochs")}
+        now = time.perf_counter()
+        provenance = self.card.provenance
+        provenance["training_seconds"] = round(provenance.get("training_seconds", 0.0) + now - self.started, 1)
+        provenance["iterations"], provenance["epochs"] = engine.state.iteration, engine.state.epoch
+        self.started = now
         state["card"] = self.card.state_dict()
         save_atomic(state, self.checkpoint_path)
         save_model(self.model_path, self.network, self.ema, self.card)
@@ -260,6 +305,80 @@ class PreviewHandler:
         path = save_grid(os.path.join(self.folder, f"epoch_{engine.state.epoch:04d}.png"), rows)
         if self.writer is not None:
             self.writer.add_image("preview", _read_png(path), engine.state.iteration, dataformats="HWC")
+
+
+class ValidationLoss:
+    """Every ``interval`` epochs, the training objective of ``network`` (usually the EMA copy) on fixed validation
+    cases, with the same noise and times at every evaluation, so that the curve shows when training has flattened.
+
+    Appends [iteration, loss] to the card's ``provenance["validation_loss"]`` (the model file keeps the curve),
+    puts it in ``engine.state.metrics`` (console, TensorBoard, MLflow) and plots ``output_dir/validation_loss.png``.
+
+    Args:
+        network: the network to evaluate.
+        prepare_batch: the trainer's kind of prepare-batch (same path), without condition dropout.
+        cases: validation cases; up to ``max_cases`` of them, evenly spread, are used.
+        transforms: the model's input transforms, without augmentation.
+        card: the run's ``ModelCard``.
+        output_dir: where the plot goes.
+        interval: epochs between evaluations.
+        seed: seed of the noise and times (the same at every evaluation).
+        repeats: noise and time draws per case.
+    """
+
+    def __init__(
+        self,
+        network: nn.Module,
+        prepare_batch,
+        cases,
+        transforms,
+        card: ModelCard,
+        output_dir: str,
+        interval: int = 5,
+        seed: int = 0,
+        repeats: int = 4,
+        max_cases: int = 64,
+        batch_size: int = 16,
+    ) -> None:
+        n = min(max_cases, len(cases))
+        picks = sorted({round(i * (len(cases) - 1) / max(n - 1, 1)) for i in range(n)})
+        chosen = [cases[i] for i in picks]
+        self.batches = [load_batch(chosen[i : i + batch_size], transforms) for i in range(0, len(chosen), batch_size)]
+        self.network, self.prepare_batch, self.card = network, prepare_batch, card
+        self.path = os.path.join(output_dir, "validation_loss.png")
+        self.interval, self.seed, self.repeats = interval, seed, repeats
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self)
+
+    @torch.no_grad()
+    def loss(self) -> float:
+        """The mean squared error per element over the fixed cases and draws."""
+        net = unwrap(self.network)
+        was_training, device = net.training, next(net.parameters()).device
+        net.eval()
+        rng = torch.get_rng_state()
+        torch.manual_seed(self.seed)
+        total, count = 0.0, 0
+        for _ in range(self.repeats):
+            for batch in self.batches:
+                x, target, _, kwargs = self.prepare_batch(batch, device)
+                total += float(torch.nn.functional.mse_loss(net(x, **kwargs), target, reduction="sum"))
+                count += target.numel()
+        torch.set_rng_state(rng)
+        net.train(was_training)
+        return total / count
+
+    def __call__(self, engine: Engine) -> None:
+        if rank() != 0:
+            return
+        value = self.loss()
+        curve = self.card.provenance.setdefault("validation_loss", [])
+        curve.append([engine.state.iteration, round(value, 6)])
+        engine.state.metrics["validation_loss"] = value
+        logger.info(f"epoch {engine.state.epoch}, iteration {engine.state.iteration}: validation loss {value:.5f}")
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        save_curve(self.path, curve, "iteration", "validation loss (MSE)", "fixed validation cases, noise and times")
 
 
 def _read_png(path: str):

@@ -60,3 +60,19 @@ def save_grid(
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def save_curve(path: str, points: Sequence[Sequence[float]], xlabel: str, ylabel: str, title: str = "") -> str:
+    """A line plot of (x, y) points, saved as PNG."""
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    if len(points):
+        x, y = zip(*points)
+        ax.plot(x, y, marker=".")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -25,7 +25,7 @@ def axial_levels(planes: list[Plane], labels: np.ndarray) -> list[int | None]:
         planes: the stack's planes.
         labels: (n, rows, columns) model labels.
     """
-    from scripts.embedded_data import axial_level
+    from scripts.synthetic_subjects import axial_level
 
     if int(np.argmax(np.abs(planes[0].normal))) != 2:
         return [None] * len(planes)

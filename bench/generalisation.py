@@ -1,0 +1,134 @@
+"""Does the model follow masks it has never seen? The model against the trivial baselines it must beat.
+
+On two sets of unseen anatomy, each method generates one image per test mask through the bundle's own
+``inference.json`` + ``evaluate.json`` (the baselines through ``baselines.json``), and every metric of
+``evaluate.json`` is kept with its 95% bootstrap interval:
+
+- ``test subjects``: the data set's test subjects (never seen in training);
+- ``larger deformations``: subjects built here with another seed and twice the largest displacement of the
+  training subjects (``unseen_displacement_mm``), beyond anything in training.
+
+Methods: the model (``solver``, ``num_steps``), ``nearest_training`` (the training image whose mask matches best:
+memory) and ``tissue_means`` (the mask painted with the training tissue means). Writes ``generalisation.json``
+(one record), ``generalisation.md`` (its table) and ``generalisation.png`` into ``out_dir``.
+
+    python bench/generalisation.py                                # shipped model and bundle/data
+    python bench/generalisation.py --out_dir bundle/docs/records  # to update the documented record
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import fire
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bundle"))
+
+from records import machine, save, workflow  # noqa: E402
+from tables import generalisation_table  # noqa: E402
+
+from scripts.visualize import plt  # noqa: E402
+
+METHODS = ("model", "nearest_training", "tissue_means")
+SHOWN = ("mask_dice", "correlation_in_mask", "fd_halves_generated", "conditional_ms_ssim")
+
+
+def evaluate(method: str, data_dir: str, datalist: str, out: Path, overrides: dict) -> dict:
+    """Runs one method on one data set's test split; returns its metrics.json."""
+    configs = ["inference.json", "evaluate.json"] + (["baselines.json"] if method != "model" else [])
+    extra = {} if method == "model" else {"baseline": method}
+    wf = workflow(configs, dataset_dir=data_dir, datalist=datalist, output_dir=str(out), **extra, **overrides)
+    wf.run()
+    return json.loads((out / "metrics.json").read_text())
+
+
+def main(
+    ckpt_path: str = str(ROOT / "bundle/models/model.pt"),
+    segmenter_path: str = str(ROOT / "bundle/models/segmenter.pt"),
+    data_dir: str = str(ROOT / "bundle/data"),
+    out_dir: str = "results/generalisation",
+    solver: str = "euler",
+    num_steps: int = 10,
+    unseen_displacement_mm: float = 12.0,
+    unseen_subjects: int = 4,
+    unseen_slice_step_mm: int = 3,
+    datalist: str | None = None,
+    seed: int = 0,
+    **overrides,
+) -> dict:
+    """Runs every method on both sets; prints and saves the record."""
+    from scripts.synthetic_subjects import build
+
+    out = Path(out_dir).resolve()
+    work = out / "runs"
+    start = time.perf_counter()
+    record = json.loads((Path(data_dir) / "subjects.json").read_text())
+    unseen_dir = work / "unseen_data"
+    if not (unseen_dir / "datalist_2d.json").is_file():
+        build(
+            str(unseen_dir),
+            subjects=(1, 1, unseen_subjects),
+            seed=1000 + seed,
+            max_displacement_mm=unseen_displacement_mm,
+        )
+    sets = {
+        "test subjects": (data_dir, datalist or f"{data_dir}/datalist_2d.json", record["max_displacement_mm"]),
+        "larger deformations": (str(unseen_dir), f"{unseen_dir}/datalist_2d.json", unseen_displacement_mm),
+    }
+    settings = {
+        "ckpt_path": ckpt_path,
+        "segmenter_path": segmenter_path,
+        "solver": solver,
+        "num_steps": num_steps,
+        "seed": seed,
+        **overrides,
+    }
+    rows = []
+    for set_name, (folder, datalist, displacement) in sets.items():
+        for method in METHODS:
+            name = f"{set_name.replace(' ', '_')}-{method}"
+            metrics = evaluate(method, folder, datalist, work / name, settings)
+            rows.append({"data": set_name, "max_displacement_mm": displacement, "method": method, "metrics": metrics})
+    result = {
+        "benchmark": "generalisation",
+        "command": "python bench/generalisation.py " + " ".join(sys.argv[1:]),
+        "machine": machine(),
+        "settings": {**settings, "training_max_displacement_mm": record["max_displacement_mm"]},
+        "model": rows[0]["metrics"].get("model", {}),
+        "seconds": round(time.perf_counter() - start, 1),
+        "rows": rows,
+    }
+    save(result, str(out / "generalisation.json"))
+    table = generalisation_table(result)
+    (out / "generalisation.md").write_text(table)
+    print(table)
+    plot(result, out / "generalisation.png")
+    return result
+
+
+def plot(result: dict, path: Path) -> None:
+    """Bars with 95% intervals: each shown metric, per data set and method."""
+    sets = list(dict.fromkeys(r["data"] for r in result["rows"]))
+    fig, axes = plt.subplots(1, len(SHOWN), figsize=(4 * len(SHOWN), 3.4))
+    width = 0.8 / len(METHODS)
+    for ax, key in zip(axes, SHOWN):
+        for k, method in enumerate(METHODS):
+            rows = [next(r for r in result["rows"] if r["data"] == s and r["method"] == method) for s in sets]
+            values = [r["metrics"].get(key) or 0 for r in rows]
+            cis = [r["metrics"]["ci95"].get(key, [v, v]) for r, v in zip(rows, values)]
+            err = [[v - lo for v, (lo, _) in zip(values, cis)], [hi - v for v, (_, hi) in zip(values, cis)]]
+            ax.bar([i + k * width for i in range(len(sets))], values, width, yerr=err, capsize=3, label=method)
+        ax.set_xticks([i + width for i in range(len(sets))], sets, fontsize=8)
+        ax.set_title(key, fontsize=9)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    fire.Fire(main)

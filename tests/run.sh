@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Sets up everything the tests need on a fresh Debian machine (Orthanc and dcmtk for the PACS tests, the Python
+# environment in .venv) and runs them. Run from anywhere: bash tests/run.sh [pytest arguments]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ! dpkg -s orthanc dcmtk > /dev/null 2>&1; then
+    if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
+    export DEBIAN_FRONTEND=noninteractive
+    $SUDO apt-get update -qq
+    $SUDO apt-get install -y -qq --no-install-recommends orthanc dcmtk > /dev/null
+fi
+[ -d .venv ] || python3 -m venv .venv
+. .venv/bin/activate
+pip install -q -r requirements.txt
+ruff check .
+python -m pytest -q tests "$@"
