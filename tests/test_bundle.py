@@ -1,4 +1,4 @@
-"""The bundle end to end: every variant trains on the embedded data and samples; reproducibility; bad input."""
+"""The bundle end to end: every variant trains on the synthetic subjects and samples; reproducibility; bad input."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
 from conftest import USER_ERRORS, VARIANTS, datalist_for, error_text, sample, tiny, train
 
@@ -130,3 +131,13 @@ def test_output_dir_holding_inputs_is_refused(embedded, small_datalist, tiny_mod
         sample("mask_class_2d", embedded, str(small_datalist), tiny_model, embedded)
     assert "holds input" in error_text(excinfo)
     assert (embedded / "datalist_2d.json").is_file()
+
+
+def test_weights_load_even_when_the_intensity_range_is_given(embedded, small_datalist, tiny_model, tmp_path):
+    card_range = torch.load(tiny_model, weights_only=True)["card"]["intensity_range"]
+    runs = {}
+    for name, extra in (("card", {}), ("given", {"intensity_range": card_range})):
+        out = sample("mask_class_2d", embedded, str(small_datalist), tiny_model, tmp_path / name, **extra)
+        runs[name] = [nib.load(p).get_fdata() for p in sorted((out / "images").glob("*.nii.gz"))]
+    # the same range: the same images, so the weights were loaded (an untrained network gives others)
+    assert all(np.array_equal(a, b) for a, b in zip(runs["card"], runs["given"]))

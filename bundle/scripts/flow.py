@@ -24,7 +24,9 @@ DDPM_SCHEDULE = {
     "schedule": "scaled_linear_beta",
     "beta_start": 0.0005,
     "beta_end": 0.0195,
+    "prediction_type": "epsilon",
 }
+PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 
 def sample_times(n: int, schedule: str = "uniform", device: torch.device | str | None = None) -> torch.Tensor:
@@ -93,14 +95,19 @@ class FlowPath:
 
 
 class DDPMPath:
-    """DDPM noising with MONAI's scheduler: x_t = sqrt(a_t) x1 + sqrt(1 - a_t) eps, target eps.
+    """DDPM noising with MONAI's scheduler: x_t = sqrt(a_t) x1 + sqrt(1 - a_t) eps; the target is eps
+    ("epsilon") or v = sqrt(a_t) eps - sqrt(1 - a_t) x1 ("v_prediction", Salimans & Ho 2022), as the schedule's
+    ``prediction_type`` says.
 
     Args:
-        schedule: ``DDPMScheduler`` arguments (default ``DDPM_SCHEDULE``).
+        schedule: ``DDPMScheduler`` arguments (default ``DDPM_SCHEDULE``), ``prediction_type`` included.
     """
 
     def __init__(self, schedule: dict | None = None) -> None:
-        self.scheduler = DDPMScheduler(**(schedule or DDPM_SCHEDULE))
+        schedule = {**DDPM_SCHEDULE, **(schedule or {})}
+        if schedule["prediction_type"] not in PREDICTION_TYPES:
+            raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {schedule['prediction_type']!r}")
+        self.scheduler = DDPMScheduler(**schedule)
 
     def __call__(
         self, x1: torch.Tensor, noise: torch.Tensor | None = None
@@ -108,7 +115,10 @@ class DDPMPath:
         """Returns (x_t, timesteps (B,), target) for clean images x1 and noise like x1 (drawn here if None)."""
         noise = torch.randn_like(x1) if noise is None else noise
         steps = torch.randint(0, self.scheduler.num_train_timesteps, (x1.shape[0],), device=x1.device)
-        return self.scheduler.add_noise(x1, noise, steps), steps, noise
+        x_t = self.scheduler.add_noise(x1, noise, steps)
+        if self.scheduler.prediction_type == "v_prediction":
+            return x_t, steps, self.scheduler.get_velocity(x1, noise, steps)
+        return x_t, steps, noise
 
 
 class GenerativePrepareBatch(PrepareBatch):

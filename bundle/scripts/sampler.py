@@ -17,8 +17,8 @@ import torch
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 from torch import nn
 
-from .flow import DDPM_SCHEDULE, TIME_SCALE, conditions
-from .solvers import integrate
+from .flow import DDPM_SCHEDULE, PREDICTION_TYPES, TIME_SCALE, conditions
+from .solvers import ADAPTIVE, SOLVERS, integrate
 
 DIFFUSION_SOLVERS = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler}
 
@@ -54,6 +54,12 @@ def estimate_sigma(image: torch.Tensor) -> float:
     return float(wavelet_sigma(image[0].detach().cpu().numpy().astype(np.float64)))
 
 
+def evaluations(cond: dict, guidance_scale: float) -> int:
+    """Network evaluations per prediction: 2 with classifier-free guidance (the class and the "no class"
+    prediction, run as one batch of 2B), else 1. NFE counts them all."""
+    return 2 if guidance_scale != 1.0 and "cls" in cond else 1
+
+
 def predict(
     network: nn.Module, x: torch.Tensor, timesteps: torch.Tensor, cond: dict, guidance_scale: float = 1.0
 ) -> torch.Tensor:
@@ -61,7 +67,7 @@ def predict(
 
     Guidance runs the two in one batch of 2B; with ``guidance_scale == 1`` or no class it is a plain call.
     """
-    if guidance_scale == 1.0 or "cls" not in cond:
+    if evaluations(cond, guidance_scale) == 1:
         return network(x, timesteps, **cond)
     null = torch.full_like(cond["cls"], network.num_classes)
     both = {k: torch.cat([v, v]) for k, v in cond.items() if k != "cls"}
@@ -105,6 +111,10 @@ class FlowSampler(Sampler):
     """
 
     def __init__(self, solver: str = "euler", num_steps: int = 10, guidance_scale: float = 1.0) -> None:
+        if solver not in SOLVERS:
+            raise ValueError(f"solver must be one of {SOLVERS} for a flow model, got {solver!r}")
+        if solver not in ADAPTIVE and int(num_steps) < 1:
+            raise ValueError(f"num_steps must be >= 1, got {num_steps}")
         self.solver, self.num_steps, self.guidance_scale = solver, num_steps, guidance_scale
 
     @torch.no_grad()
@@ -117,7 +127,8 @@ class FlowSampler(Sampler):
             timesteps = torch.full((x_.shape[0],), t * TIME_SCALE, device=x_.device)
             return predict(network, x_, timesteps, cond, self.guidance_scale)
 
-        return integrate(velocity, x, t_start, 1.0, self.solver, self.num_steps)
+        x, calls = integrate(velocity, x, t_start, 1.0, self.solver, self.num_steps)
+        return x, calls * evaluations(cond, self.guidance_scale)
 
     def denoise(
         self, network: nn.Module, noisy: torch.Tensor, sigma: float, cond: dict | None = None
@@ -128,21 +139,37 @@ class FlowSampler(Sampler):
         return self(network, t * noisy, cond or {}, t_start=t)
 
 
+def ddim_timesteps(num_train_timesteps: int, num_steps: int) -> torch.Tensor:
+    """DDIM's timesteps spaced as MONAI's ``DDIMScheduler.step`` moves, by num_train_timesteps // num_steps:
+    (num_steps - 1 - k) * that, k = 0 .. num_steps - 1, so every step lands on the timestep the network is told
+    next and the last on the clean image. (MONAI's ``set_timesteps`` spaces them by linspace(T - 1, 0), which at
+    10 steps puts every step 11 timesteps away from the next one the network sees.)"""
+    return torch.arange(num_steps - 1, -1, -1) * (num_train_timesteps // num_steps)
+
+
 class DiffusionSampler(Sampler):
-    """Reverse diffusion with MONAI's DDPM or DDIM scheduler, one NFE per step.
+    """Reverse diffusion with MONAI's DDPM or DDIM scheduler; NFE counts every network call.
 
     Args:
         solver: "ddpm" (ancestral sampling, meant for all training steps) or "ddim" (deterministic, fewer steps).
-        num_steps: inference steps.
+        num_steps: inference steps, 1 .. the training timesteps.
         guidance_scale: classifier-free guidance scale (1 = none).
-        schedule: the noise schedule the model was trained with (``DDPMScheduler`` arguments; see its card).
+        schedule: the noise schedule and prediction type the model was trained with (``DDPMScheduler``
+            arguments; see its card).
     """
 
     def __init__(self, solver: str = "ddim", num_steps: int = 50, guidance_scale: float = 1.0, schedule=None):
         if solver not in DIFFUSION_SOLVERS:
             raise ValueError(f"solver must be one of {tuple(DIFFUSION_SOLVERS)} for the DDPM baseline, got {solver!r}")
-        self.scheduler = DIFFUSION_SOLVERS[solver](**(schedule or DDPM_SCHEDULE))
-        self.solver, self.num_steps, self.guidance_scale = solver, num_steps, guidance_scale
+        schedule = {**DDPM_SCHEDULE, **(schedule or {})}
+        if schedule["prediction_type"] not in PREDICTION_TYPES:
+            raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {schedule['prediction_type']!r}")
+        if not 1 <= int(num_steps) <= schedule["num_train_timesteps"]:
+            raise ValueError(
+                f"num_steps must be 1 .. {schedule['num_train_timesteps']} (the training timesteps), got {num_steps}"
+            )
+        self.scheduler = DIFFUSION_SOLVERS[solver](**schedule)
+        self.solver, self.num_steps, self.guidance_scale = solver, int(num_steps), guidance_scale
 
     @torch.no_grad()
     def __call__(
@@ -153,11 +180,13 @@ class DiffusionSampler(Sampler):
         if t_start != 0.0:
             raise ValueError("the DDPM baseline samples from pure noise only (t_start=0)")
         self.scheduler.set_timesteps(self.num_steps, device=x.device)
+        if self.solver == "ddim":
+            self.scheduler.timesteps = ddim_timesteps(self.scheduler.num_train_timesteps, self.num_steps).to(x.device)
         nfe = 0
         for t in self.scheduler.timesteps:
             timesteps = torch.full((x.shape[0],), int(t), device=x.device, dtype=torch.long)
             eps = predict(network, x, timesteps, cond, self.guidance_scale)
-            nfe += 1
+            nfe += evaluations(cond, self.guidance_scale)
             if self.solver == "ddpm" and generators is not None:
                 x = torch.cat(
                     [self.scheduler.step(e[None], int(t), c[None], g)[0] for e, c, g in zip(eps, x, generators)]
