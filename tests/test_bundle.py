@@ -141,3 +141,32 @@ def test_weights_load_even_when_the_intensity_range_is_given(embedded, small_dat
         runs[name] = [nib.load(p).get_fdata() for p in sorted((out / "images").glob("*.nii.gz"))]
     # the same range: the same images, so the weights were loaded (an untrained network gives others)
     assert all(np.array_equal(a, b) for a, b in zip(runs["card"], runs["given"]))
+
+
+def test_a_bad_input_is_the_last_line_a_bundle_command_prints(embedded, tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import CONFIGS
+
+    missing = tmp_path / "missing.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "run",
+            "--config_file",
+            str(CONFIGS / "inference.json"),
+            "--datalist",
+            str(missing),
+            "--output_dir",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == f"error: datalist not found: {missing}"
+    assert not (tmp_path / "out").exists()

@@ -137,3 +137,16 @@ def test_nl_means_removes_noise():
     clean = ((xx**2 + yy**2) < 0.5).float().view(1, 1, 48, 48) * 1.6 - 0.8
     noisy = add_noise(clean, "gaussian", 0.05, g)
     assert psnr_per_case(clean, nl_means(noisy, [0.1])).mean() > psnr_per_case(clean, noisy).mean() + 3
+
+
+def test_grids_window_each_image_by_its_own_percentiles(tmp_path):
+    import matplotlib.image
+
+    from scripts.visualize import save_grid
+
+    dark = torch.linspace(-1.0, -0.8, 64 * 64).view(1, 64, 64)  # a real image in other units: the model range's bottom
+    for name, window in (("own", None), ("fixed", (-1.0, 1.0))):
+        png = matplotlib.image.imread(save_grid(str(tmp_path / f"{name}.png"), [("real", [dark])], value_range=window))
+        grey = png[..., 0]
+        mid_grey = ((grey > 0.3) & (grey < 0.7)).mean()
+        assert (mid_grey > 0.1) if window is None else (mid_grey < 0.01)  # (a few pixels of the title's edges)

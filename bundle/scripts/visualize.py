@@ -24,7 +24,7 @@ def save_grid(
     path: str,
     rows: Sequence[tuple[str, Sequence]],
     titles: Sequence[str] | None = None,
-    value_range: tuple[float, float] = (-1.0, 1.0),
+    value_range: tuple[float, float] | None = None,
     num_labels: int = 4,
     max_columns: int = 8,
 ) -> str:
@@ -33,8 +33,10 @@ def save_grid(
 
     Args:
         path: PNG file to write.
-        rows: (name, images) pairs; a row named "mask" is drawn as labels, the others as grey images in
-            ``value_range``. Each image is (C, *spatial).
+        rows: (name, images) pairs; a row named "mask" is drawn as labels, the others as grey images. Each image is
+            (C, *spatial).
+        value_range: the grey window of every image; None: each image's own 0.5-99.5 percentiles, as a viewer
+            windows it (so images in other units are not drawn black).
         titles: optional column titles (e.g. class names).
     """
     n = max(len(images) for _, images in rows)
@@ -50,7 +52,9 @@ def save_grid(
             if name == "mask":
                 ax.imshow(_view(image), cmap="viridis", vmin=0, vmax=max(num_labels - 1, 1), interpolation="nearest")
             else:
-                ax.imshow(_view(image), cmap="gray", vmin=value_range[0], vmax=value_range[1])
+                view = _view(image)
+                lo, hi = value_range or np.percentile(view, (0.5, 99.5))
+                ax.imshow(view, cmap="gray", vmin=lo, vmax=max(hi, lo + 1e-6))
             label = [name] if i % columns == 0 else []
             if r == 0 and titles:
                 label.append(str(titles[i]))
