@@ -10,7 +10,8 @@ On two sets of unseen anatomy, each method generates one image per test mask thr
 
 Methods: the model (``solver``, ``num_steps``), ``nearest_training`` (the training image whose mask matches best:
 memory) and ``tissue_means`` (the mask painted with the training tissue means). Writes ``generalisation.json``
-(one record), ``generalisation.md`` (its table) and ``generalisation.png`` into ``out_dir``.
+(one record), ``generalisation.md`` (its table) and ``generalisation.png`` into ``out_dir``; the generated sets
+and the unseen subjects go to ``work_dir``.
 
     python bench/generalisation.py                                # shipped model and bundle/data
     python bench/generalisation.py --out_dir bundle/docs/records  # to update the documented record
@@ -51,6 +52,7 @@ def main(
     segmenter_path: str = str(ROOT / "bundle/models/segmenter.pt"),
     data_dir: str = str(ROOT / "bundle/data"),
     out_dir: str = "results/generalisation",
+    work_dir: str = "results/generalisation_runs",
     solver: str = "euler",
     num_steps: int = 10,
     unseen_displacement_mm: float = 12.0,
@@ -63,12 +65,12 @@ def main(
     """Runs every method on both sets; prints and saves the record."""
     from scripts.synthetic_subjects import build
 
-    out = Path(out_dir).resolve()
-    work = out / "runs"
+    out, work = Path(out_dir).resolve(), Path(work_dir).resolve()
     start = time.perf_counter()
     record = json.loads((Path(data_dir) / "subjects.json").read_text())
     unseen_dir = work / "unseen_data"
-    if not (unseen_dir / "datalist_2d.json").is_file():
+    wanted = (1000 + seed, unseen_displacement_mm, unseen_subjects)
+    if _built_with(unseen_dir) != wanted:
         build(
             str(unseen_dir),
             subjects=(1, 1, unseen_subjects),
@@ -108,6 +110,16 @@ def main(
     print(table)
     plot(result, out / "generalisation.png")
     return result
+
+
+def _built_with(folder: Path) -> tuple | None:
+    """(seed, largest displacement, test subjects) of a data set built by synthetic_subjects.py; None if none."""
+    path = folder / "subjects.json"
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    tests = sum(s["split"] == "test" for s in record["subjects"])
+    return record["seed"], record["max_displacement_mm"], tests
 
 
 def plot(result: dict, path: Path) -> None:

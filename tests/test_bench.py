@@ -78,6 +78,7 @@ def test_generalisation_benchmark(embedded, small_datalist, tiny_model, segmente
         data_dir=str(embedded),
         datalist=str(small_datalist),
         out_dir=str(tmp_path),
+        work_dir=str(tmp_path / "runs"),
         num_steps=2,
         unseen_subjects=1,
         unseen_slice_step_mm=12,
