@@ -12,7 +12,7 @@ generating the test split through the bundle's own inference and evaluation conf
 Prints one Markdown table and writes ``results.json``, ``table.md``, ``quality_vs_nfe.png`` and
 ``quality_vs_seconds.png`` into ``out_dir``.
 
-    python bench/sampling.py                      # the default sweep: 11 minutes on 2 CPU cores (the test split)
+    python bench/sampling.py                      # the default sweep on the test split
     python bench/sampling.py --ddpm_steps 0 --ddim_steps "(10,50)"   # a quicker one; see --help for every flag
 """
 

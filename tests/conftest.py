@@ -34,7 +34,7 @@ def tiny(variant: str) -> dict:
 
 
 @pytest.fixture(scope="session")
-def embedded(tmp_path_factory) -> Path:
+def data_dir(tmp_path_factory) -> Path:
     """A small synthetic-subject data set (3 training, 1 validation, 2 test subjects), built once per session with
     the project's builder."""
     from scripts.synthetic_subjects import build
@@ -51,15 +51,15 @@ def _two_per_subject(cases: list[dict]) -> list[dict]:
 
 
 @pytest.fixture(scope="session")
-def small_datalist(embedded: Path) -> Path:
+def small_datalist(data_dir: Path) -> Path:
     """A datalist over 8 training, 2 validation and 4 test slices (two of each test subject) of the data set."""
-    full = json.loads((embedded / "datalist_2d.json").read_text())
+    full = json.loads((data_dir / "datalist_2d.json").read_text())
     small = {
         "training": full["training"][::8][:8],
         "validation": _two_per_subject(full["validation"]),
         "test": _two_per_subject(full["test"]),
     }
-    path = embedded / "datalist_small.json"
+    path = data_dir / "datalist_small.json"
     path.write_text(json.dumps(small))
     return path
 
@@ -77,18 +77,18 @@ def run_bundle(configs: list[str], **overrides):
     return workflow
 
 
-def datalist_for(variant: str, embedded: Path, small_datalist: Path) -> str:
-    return str(embedded / "datalist_3d.json") if variant.endswith("3d") else str(small_datalist)
+def datalist_for(variant: str, data_dir: Path, small_datalist: Path) -> str:
+    return str(data_dir / "datalist_3d.json") if variant.endswith("3d") else str(small_datalist)
 
 
 def train(
-    variant: str, embedded: Path, datalist: str, output_dir: Path, epochs: int, configs: tuple = (), **extra
+    variant: str, data_dir: Path, datalist: str, output_dir: Path, epochs: int, configs: tuple = (), **extra
 ) -> list[float]:
     """Trains a tiny model of ``variant`` in this process (``configs``: extra config files merged after the
     variant, e.g. train_ddpm.json); returns the loss of every iteration."""
     overrides = {
         **tiny(variant),
-        "dataset_dir": str(embedded),
+        "dataset_dir": str(data_dir),
         "datalist": datalist,
         "output_dir": str(output_dir),
         "lr": 1e-3,
@@ -112,13 +112,13 @@ def train(
 
 
 def sample(
-    variant: str, embedded: Path, datalist: str, ckpt: Path, output_dir: Path, configs: tuple = (), **extra
+    variant: str, data_dir: Path, datalist: str, ckpt: Path, output_dir: Path, configs: tuple = (), **extra
 ) -> Path:
     """Runs inference (plus ``configs``, e.g. inference_ddpm.json or evaluate.json) with a tiny model."""
     settings = {"num_steps": 2, "num_samples": 3, **tiny(variant), **extra}
     run_bundle(
         ["inference.json", f"variants/{variant}.json", *configs],
-        dataset_dir=str(embedded),
+        dataset_dir=str(data_dir),
         datalist=datalist,
         ckpt_path=str(ckpt),
         output_dir=str(output_dir),
@@ -128,18 +128,18 @@ def sample(
 
 
 @pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory, embedded, small_datalist) -> Path:
+def tiny_model(tmp_path_factory, data_dir, small_datalist) -> Path:
     """A tiny mask_class_2d flow model trained for a few iterations with the bundle's train config."""
     out = tmp_path_factory.mktemp("tiny_model")
-    train("mask_class_2d", embedded, str(small_datalist), out, epochs=3)
+    train("mask_class_2d", data_dir, str(small_datalist), out, epochs=3)
     return out / "model.pt"
 
 
 @pytest.fixture(scope="session")
-def tiny_ddpm(tmp_path_factory, embedded, small_datalist) -> Path:
+def tiny_ddpm(tmp_path_factory, data_dir, small_datalist) -> Path:
     """The DDPM baseline of ``tiny_model``: same network, data and iterations, trained with train_ddpm.json."""
     out = tmp_path_factory.mktemp("tiny_ddpm")
-    train("mask_class_2d", embedded, str(small_datalist), out, epochs=3, configs=("train_ddpm.json",))
+    train("mask_class_2d", data_dir, str(small_datalist), out, epochs=3, configs=("train_ddpm.json",))
     return out / "model.pt"
 
 
@@ -158,11 +158,11 @@ def segmenter(tmp_path_factory, small_datalist) -> str:
 
 
 @pytest.fixture(scope="module")
-def volumes(embedded: Path):
+def volumes(data_dir: Path):
     """A test subject's 3D image and label volumes (nibabel images), to write DICOM studies from."""
     from pacs_fixtures import load_volumes
 
-    return load_volumes(embedded)
+    return load_volumes(data_dir)
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """DICOM inputs and a tiny bundle for the deploy app's tests and benchmark.
 
-Series are written from the embedded MNI152 volume (bundle/data/3d: a 2 mm T1 image and its tissue labels) with
+Series are written from the data_dir MNI152 volume (bundle/data/3d: a 2 mm T1 image and its tissue labels) with
 the headers a real scanner writes, faults included (an invalid Patient's Sex, an over-long Study Description, an
 empty Laterality, vendor private elements, an overlay): the app must copy none of those faults. Planes may be
 oblique and unevenly spaced; the image is resampled onto them, so every fixture is a true picture of its geometry.

@@ -56,15 +56,15 @@ class Study:
     has_seg: bool
 
 
-def load_volumes(embedded: Path) -> tuple[nib.Nifti1Image, nib.Nifti1Image]:
+def load_volumes(data_dir: Path) -> tuple[nib.Nifti1Image, nib.Nifti1Image]:
     """A test subject's T1 volume and its tissue labels (bundle/scripts/synthetic_subjects.py)."""
     from scripts.synthetic_subjects import subject_volume
 
-    return subject_volume(str(embedded))
+    return subject_volume(str(data_dir))
 
 
 def write_study(folder: Path, volumes: tuple[nib.Nifti1Image, nib.Nifti1Image], seg: bool, slices: int = 4) -> Study:
-    """A small MR study (``slices`` planes of 32 x 32, 6 mm) from the embedded volume, with a SEG of its tissues if
+    """A small MR study (``slices`` planes of 32 x 32, 6 mm) from the data_dir volume, with a SEG of its tissues if
     ``seg``: the app then synthesizes, else it denoises."""
     source = write_mr_series(folder / "mr", volumes[0], study_header(), slices, shape=(32, 32), spacing=6.0)
     series = {source[0].SeriesInstanceUID}

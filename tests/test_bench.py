@@ -11,14 +11,14 @@ from conftest import ROOT, tiny
 sys.path.insert(0, str(ROOT / "bench"))
 
 
-def _overrides(embedded, small_datalist) -> dict:
-    return {**tiny("mask_class_2d"), "dataset_dir": str(embedded), "datalist": str(small_datalist)}
+def _overrides(data_dir, small_datalist) -> dict:
+    return {**tiny("mask_class_2d"), "dataset_dir": str(data_dir), "datalist": str(small_datalist)}
 
 
-def test_sampling_benchmark(embedded, small_datalist, tiny_model, tiny_ddpm, tmp_path):
+def test_sampling_benchmark(data_dir, small_datalist, tiny_model, tiny_ddpm, tmp_path):
     from sampling import main
 
-    overrides = {**_overrides(embedded, small_datalist), "segmenter_path": "", "batch_size": 4}
+    overrides = {**_overrides(data_dir, small_datalist), "segmenter_path": "", "batch_size": 4}
     main(
         flow_ckpt=str(tiny_model),
         ddpm_ckpt=str(tiny_ddpm),
@@ -49,7 +49,7 @@ def test_sampling_benchmark(embedded, small_datalist, tiny_model, tiny_ddpm, tmp
     assert all((tmp_path / name).stat().st_size > 1000 for name in ("quality_vs_nfe.png", "quality_vs_seconds.png"))
 
 
-def test_downstream_benchmark(embedded, small_datalist, tiny_model, tmp_path):
+def test_downstream_benchmark(data_dir, small_datalist, tiny_model, tmp_path):
     from downstream import main
 
     main(
@@ -59,7 +59,7 @@ def test_downstream_benchmark(embedded, small_datalist, tiny_model, tmp_path):
         seg_iterations=2,
         cls_iterations=2,
         seeds=(0, 1),
-        overrides=_overrides(embedded, small_datalist),
+        overrides=_overrides(data_dir, small_datalist),
     )
     summary = json.loads((tmp_path / "downstream.json").read_text())
     assert summary["train_cases"] == 8 and summary["test_cases"] == 4 and summary["seeds"] == [0, 1]
@@ -69,13 +69,13 @@ def test_downstream_benchmark(embedded, small_datalist, tiny_model, tmp_path):
     assert (tmp_path / "downstream.md").read_text().count("\n| ") == 3  # a row per training set
 
 
-def test_generalisation_benchmark(embedded, small_datalist, tiny_model, segmenter, tmp_path):
+def test_generalisation_benchmark(data_dir, small_datalist, tiny_model, segmenter, tmp_path):
     from generalisation import main
 
     main(
         ckpt_path=str(tiny_model),
         segmenter_path=segmenter,
-        data_dir=str(embedded),
+        data_dir=str(data_dir),
         datalist=str(small_datalist),
         out_dir=str(tmp_path),
         work_dir=str(tmp_path / "runs"),

@@ -15,14 +15,14 @@ from conftest import USER_ERRORS, VARIANTS, datalist_for, error_text, sample, ti
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_variant_trains_and_samples(variant, embedded, small_datalist, tmp_path):
-    datalist = datalist_for(variant, embedded, small_datalist)
-    losses = train(variant, embedded, datalist, tmp_path / "train", epochs=40 if variant.endswith("3d") else 20)
+def test_variant_trains_and_samples(variant, data_dir, small_datalist, tmp_path):
+    datalist = datalist_for(variant, data_dir, small_datalist)
+    losses = train(variant, data_dir, datalist, tmp_path / "train", epochs=40 if variant.endswith("3d") else 20)
     assert len(losses) == 40 and np.isfinite(losses).all()
     assert np.mean(losses[-8:]) < 0.8 * np.mean(losses[:8]), losses
     assert (tmp_path / "train/previews").is_dir() and (tmp_path / "train/checkpoint.pt").is_file()
 
-    out = sample(variant, embedded, datalist, tmp_path / "train/model.pt", tmp_path / "samples")
+    out = sample(variant, data_dir, datalist, tmp_path / "train/model.pt", tmp_path / "samples")
     info = json.loads((out / "info.json").read_text())
     entries = json.loads((out / "datalist.json").read_text())["training"]
     assert info["nfe"] == 2 and info["solver"] == "euler" and info["variant"] == variant
@@ -44,9 +44,9 @@ def test_variant_trains_and_samples(variant, embedded, small_datalist, tmp_path)
         assert ("class" in entry) == (conditioned and "class" in case)  # the source's class travels with it
 
 
-def test_same_seed_same_images(embedded, small_datalist, tiny_model, tmp_path):
+def test_same_seed_same_images(data_dir, small_datalist, tiny_model, tmp_path):
     def images(seed, name, **extra):
-        out = sample("mask_class_2d", embedded, str(small_datalist), tiny_model, tmp_path / name, seed=seed, **extra)
+        out = sample("mask_class_2d", data_dir, str(small_datalist), tiny_model, tmp_path / name, seed=seed, **extra)
         return [nib.load(p).get_fdata() for p in sorted((out / "images").glob("*.nii.gz"))]
 
     a, b, c, d = images(3, "a"), images(3, "b"), images(3, "c", batch_size=1), images(4, "d")
@@ -55,9 +55,9 @@ def test_same_seed_same_images(embedded, small_datalist, tiny_model, tmp_path):
     assert not any(np.allclose(x, z, atol=1.0) for x, z in zip(a, d))
 
 
-def _bad_datalist(tmp_path: Path, embedded: Path, **change) -> str:
-    case = json.loads((embedded / "datalist_2d.json").read_text())["test"][0]
-    case = {k: str(embedded / v) if k in ("image", "label") else v for k, v in case.items()}
+def _bad_datalist(tmp_path: Path, data_dir: Path, **change) -> str:
+    case = json.loads((data_dir / "datalist_2d.json").read_text())["test"][0]
+    case = {k: str(data_dir / v) if k in ("image", "label") else v for k, v in case.items()}
     case.update(change)
     path = tmp_path / "bad.json"
     path.write_text(json.dumps({"test": [{k: v for k, v in case.items() if v is not None}]}))
@@ -91,59 +91,59 @@ BAD_INPUTS = {
 
 
 @pytest.mark.parametrize("name", list(BAD_INPUTS))
-def test_bad_input_fails_clearly_and_writes_nothing(name, embedded, tiny_model, tmp_path):
+def test_bad_input_fails_clearly_and_writes_nothing(name, data_dir, tiny_model, tmp_path):
     change, message = BAD_INPUTS[name]
-    datalist = _bad_datalist(tmp_path, embedded, **change(tmp_path, embedded))
+    datalist = _bad_datalist(tmp_path, data_dir, **change(tmp_path, data_dir))
     out = tmp_path / "out"
     with pytest.raises(USER_ERRORS) as excinfo:
-        sample("mask_class_2d", embedded, datalist, tiny_model, out)
+        sample("mask_class_2d", data_dir, datalist, tiny_model, out)
     assert re.search(message, error_text(excinfo)), error_text(excinfo)
     assert not out.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]  # no staging left behind
 
 
-def test_failed_run_keeps_earlier_results(embedded, small_datalist, tiny_model, tmp_path):
-    out = sample("mask_class_2d", embedded, str(small_datalist), tiny_model, tmp_path / "out")
+def test_failed_run_keeps_earlier_results(data_dir, small_datalist, tiny_model, tmp_path):
+    out = sample("mask_class_2d", data_dir, str(small_datalist), tiny_model, tmp_path / "out")
     before = sorted(p.name for p in (out / "images").iterdir())
     with pytest.raises(USER_ERRORS):
-        sample("mask_class_2d", embedded, _bad_datalist(tmp_path, embedded, **{"class": 9}), tiny_model, out)
+        sample("mask_class_2d", data_dir, _bad_datalist(tmp_path, data_dir, **{"class": 9}), tiny_model, out)
     assert sorted(p.name for p in (out / "images").iterdir()) == before
 
 
-def test_checkpoint_of_another_variant_or_shape_is_refused(embedded, small_datalist, tiny_model, tmp_path):
+def test_checkpoint_of_another_variant_or_shape_is_refused(data_dir, small_datalist, tiny_model, tmp_path):
     with pytest.raises(USER_ERRORS) as excinfo:
-        sample("mask_2d", embedded, str(small_datalist), tiny_model, tmp_path / "a")
+        sample("mask_2d", data_dir, str(small_datalist), tiny_model, tmp_path / "a")
     assert "does not fit this config" in error_text(excinfo) and "num_classes" in error_text(excinfo)
     with pytest.raises(USER_ERRORS) as excinfo:
-        sample("mask_class_2d", embedded, str(small_datalist), tiny_model, tmp_path / "b", image_size=[32, 32])
+        sample("mask_class_2d", data_dir, str(small_datalist), tiny_model, tmp_path / "b", image_size=[32, 32])
     assert "image_size is [16, 16]" in error_text(excinfo)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
-def test_missing_split_is_refused(embedded, small_datalist, tiny_model, tmp_path):
+def test_missing_split_is_refused(data_dir, small_datalist, tiny_model, tmp_path):
     with pytest.raises(USER_ERRORS) as excinfo:
-        sample("mask_class_2d", embedded, str(small_datalist), tiny_model, tmp_path / "a", split="holdout")
+        sample("mask_class_2d", data_dir, str(small_datalist), tiny_model, tmp_path / "a", split="holdout")
     assert "has no 'holdout' list" in error_text(excinfo)
 
 
-def test_output_dir_holding_inputs_is_refused(embedded, small_datalist, tiny_model):
+def test_output_dir_holding_inputs_is_refused(data_dir, small_datalist, tiny_model):
     with pytest.raises(USER_ERRORS) as excinfo:
-        sample("mask_class_2d", embedded, str(small_datalist), tiny_model, embedded)
+        sample("mask_class_2d", data_dir, str(small_datalist), tiny_model, data_dir)
     assert "holds input" in error_text(excinfo)
-    assert (embedded / "datalist_2d.json").is_file()
+    assert (data_dir / "datalist_2d.json").is_file()
 
 
-def test_weights_load_even_when_the_intensity_range_is_given(embedded, small_datalist, tiny_model, tmp_path):
+def test_weights_load_even_when_the_intensity_range_is_given(data_dir, small_datalist, tiny_model, tmp_path):
     card_range = torch.load(tiny_model, weights_only=True)["card"]["intensity_range"]
     runs = {}
     for name, extra in (("card", {}), ("given", {"intensity_range": card_range})):
-        out = sample("mask_class_2d", embedded, str(small_datalist), tiny_model, tmp_path / name, **extra)
+        out = sample("mask_class_2d", data_dir, str(small_datalist), tiny_model, tmp_path / name, **extra)
         runs[name] = [nib.load(p).get_fdata() for p in sorted((out / "images").glob("*.nii.gz"))]
     # the same range: the same images, so the weights were loaded (an untrained network gives others)
     assert all(np.array_equal(a, b) for a, b in zip(runs["card"], runs["given"]))
 
 
-def test_a_bad_input_is_the_last_line_a_bundle_command_prints(embedded, tmp_path):
+def test_a_bad_input_is_the_last_line_a_bundle_command_prints(data_dir, tmp_path):
     import subprocess
     import sys
 

@@ -23,9 +23,9 @@ def _nifti(path, array, affine=None):
     return path.name
 
 
-def test_load_cases_resolves_paths_and_numbers_cases(embedded):
-    cases = load_cases(str(embedded / "datalist_2d.json"), "test", use_mask=True, num_classes=3)
-    assert all(c["image"].startswith(str(embedded)) for c in cases)
+def test_load_cases_resolves_paths_and_numbers_cases(data_dir):
+    cases = load_cases(str(data_dir / "datalist_2d.json"), "test", use_mask=True, num_classes=3)
+    assert all(c["image"].startswith(str(data_dir)) for c in cases)
     assert [c["index"] for c in cases] == list(range(len(cases)))
     assert len({c["id"] for c in cases}) == len(cases)
 

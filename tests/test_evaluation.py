@@ -17,13 +17,13 @@ METRIC_KEYS |= {"mask_dice_real", "correlation_in_mask", "conditional_ms_ssim", 
 METRIC_KEYS |= {"kid_segmenter_features", "fd_halves_generated", "fd_halves_real", "nfe", "seconds_per_sample"}
 
 
-def evaluate(embedded, datalist, ckpt, out, configs=(), **extra):
+def evaluate(data_dir, datalist, ckpt, out, configs=(), **extra):
     extra.setdefault("segmenter_path", "")  # the shipped segmenter is for 64 x 64 models
-    return sample("mask_class_2d", embedded, datalist, ckpt, out, configs=(*configs, "evaluate.json"), **extra)
+    return sample("mask_class_2d", data_dir, datalist, ckpt, out, configs=(*configs, "evaluate.json"), **extra)
 
 
-def test_evaluate_writes_every_metric(embedded, small_datalist, tiny_model, segmenter, tmp_path):
-    out = evaluate(embedded, str(small_datalist), tiny_model, tmp_path / "eval", segmenter_path=segmenter)
+def test_evaluate_writes_every_metric(data_dir, small_datalist, tiny_model, segmenter, tmp_path):
+    out = evaluate(data_dir, str(small_datalist), tiny_model, tmp_path / "eval", segmenter_path=segmenter)
     values = json.loads((out / "metrics.json").read_text())
     assert METRIC_KEYS <= set(values) and "fid" in values
     assert all(np.isfinite(values[k]) for k in METRIC_KEYS)
@@ -39,19 +39,19 @@ def test_evaluate_writes_every_metric(embedded, small_datalist, tiny_model, segm
     assert (out / "intensity_kde.png").stat().st_size > 1000
 
 
-def test_evaluate_skips_what_it_cannot_compute(embedded, small_datalist, tiny_model, tmp_path):
-    out = evaluate(embedded, str(small_datalist), tiny_model, tmp_path / "e", segmenter_path=str(tmp_path / "none.pt"))
+def test_evaluate_skips_what_it_cannot_compute(data_dir, small_datalist, tiny_model, tmp_path):
+    out = evaluate(data_dir, str(small_datalist), tiny_model, tmp_path / "e", segmenter_path=str(tmp_path / "none.pt"))
     values = json.loads((out / "metrics.json").read_text())
     assert values["mask_dice"] is values["fd_segmenter_features"] is None
     assert "train_segmenter.json" in values["skipped"]["segmenter"]
 
 
-def test_unconditional_evaluation_has_no_paired_metrics(embedded, small_datalist, tmp_path):
-    train("uncond_2d", embedded, str(small_datalist), tmp_path / "train", epochs=2)
+def test_unconditional_evaluation_has_no_paired_metrics(data_dir, small_datalist, tmp_path):
+    train("uncond_2d", data_dir, str(small_datalist), tmp_path / "train", epochs=2)
     run_bundle(
         ["inference.json", "variants/uncond_2d.json", "evaluate.json"],
         **tiny("uncond_2d"),
-        dataset_dir=str(embedded),
+        dataset_dir=str(data_dir),
         datalist=str(small_datalist),
         ckpt_path=str(tmp_path / "train/model.pt"),
         output_dir=str(tmp_path / "eval"),
@@ -63,30 +63,30 @@ def test_unconditional_evaluation_has_no_paired_metrics(embedded, small_datalist
     assert np.isfinite(values["mmd"]) and "paired" in values["skipped"]
 
 
-def test_fid_with_a_local_feature_network(embedded, small_datalist, tiny_model, tmp_path):
+def test_fid_with_a_local_feature_network(data_dir, small_datalist, tiny_model, tmp_path):
     pooled = (torch.nn.Conv2d(3, 16, 5, stride=4), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())  # (N, 16)
     features = torch.jit.script(torch.nn.Sequential(*pooled))
     features.save(str(tmp_path / "features.pt"))
-    out = evaluate(embedded, str(small_datalist), tiny_model, tmp_path / "e", fid_model=str(tmp_path / "features.pt"))
+    out = evaluate(data_dir, str(small_datalist), tiny_model, tmp_path / "e", fid_model=str(tmp_path / "features.pt"))
     values = json.loads((out / "metrics.json").read_text())
     assert values["fid"] is not None and values["fid"] >= 0 and "fid" not in values["skipped"]
     with pytest.raises(USER_ERRORS) as excinfo:
-        evaluate(embedded, str(small_datalist), tiny_model, tmp_path / "f", fid_model=str(tmp_path / "missing.pt"))
+        evaluate(data_dir, str(small_datalist), tiny_model, tmp_path / "f", fid_model=str(tmp_path / "missing.pt"))
     assert "fid_model not found" in error_text(excinfo)
 
 
-def test_empty_test_split_is_refused(embedded, tiny_model, tmp_path):
+def test_empty_test_split_is_refused(data_dir, tiny_model, tmp_path):
     datalist = tmp_path / "empty.json"
     datalist.write_text(json.dumps({"training": [], "test": []}))
     with pytest.raises(USER_ERRORS) as excinfo:
-        evaluate(embedded, str(datalist), tiny_model, tmp_path / "e")
+        evaluate(data_dir, str(datalist), tiny_model, tmp_path / "e")
     assert "'test' list of datalist" in error_text(excinfo) and not (tmp_path / "e").exists()
 
 
 @pytest.mark.parametrize("solver, steps", [("ddim", 3), ("ddpm", 4)])
-def test_ddpm_baseline_samples_and_evaluates(embedded, small_datalist, tiny_ddpm, tmp_path, solver, steps):
+def test_ddpm_baseline_samples_and_evaluates(data_dir, small_datalist, tiny_ddpm, tmp_path, solver, steps):
     out = evaluate(
-        embedded,
+        data_dir,
         str(small_datalist),
         tiny_ddpm,
         tmp_path / "e",
@@ -100,29 +100,29 @@ def test_ddpm_baseline_samples_and_evaluates(embedded, small_datalist, tiny_ddpm
     assert card["method"] == "ddpm" and card["schedule"]["num_train_timesteps"] == 1000
 
 
-def test_ddpm_checkpoint_is_refused_by_the_flow_config(embedded, small_datalist, tiny_ddpm, tmp_path):
+def test_ddpm_checkpoint_is_refused_by_the_flow_config(data_dir, small_datalist, tiny_ddpm, tmp_path):
     with pytest.raises(USER_ERRORS) as excinfo:
-        sample("mask_class_2d", embedded, str(small_datalist), tiny_ddpm, tmp_path / "s")
+        sample("mask_class_2d", data_dir, str(small_datalist), tiny_ddpm, tmp_path / "s")
     assert "method 'ddpm'" in error_text(excinfo)
 
 
-def test_denoise_writes_on_the_source_grid(embedded, small_datalist, tiny_model, tmp_path):
-    out = sample("mask_class_2d", embedded, str(small_datalist), tiny_model, tmp_path / "d", configs=("denoise.json",))
+def test_denoise_writes_on_the_source_grid(data_dir, small_datalist, tiny_model, tmp_path):
+    out = sample("mask_class_2d", data_dir, str(small_datalist), tiny_model, tmp_path / "d", configs=("denoise.json",))
     info = json.loads((out / "info.json").read_text())
     assert info["task"] == "denoise" and info["nfe"] == 2
     first = json.loads(small_datalist.read_text())["test"][0]
-    source = nib.load(embedded / first["image"])
+    source = nib.load(data_dir / first["image"])
     denoised = nib.load(out / json.loads((out / "datalist.json").read_text())["training"][0]["image"])
     assert denoised.shape == source.shape and np.allclose(denoised.affine, source.affine)
 
 
-def test_denoising_benchmark_table(embedded, small_datalist, tiny_model, tmp_path):
+def test_denoising_benchmark_table(data_dir, small_datalist, tiny_model, tmp_path):
     from monai.bundle import ConfigWorkflow
 
     from conftest import CONFIGS
 
     files = [str(CONFIGS / f) for f in ("inference.json", "denoise.json")]
-    overrides = {**tiny("mask_class_2d"), "dataset_dir": str(embedded), "datalist": str(small_datalist)}
+    overrides = {**tiny("mask_class_2d"), "dataset_dir": str(data_dir), "datalist": str(small_datalist)}
     wf = ConfigWorkflow(
         config_file=files,
         workflow_type=None,
@@ -239,10 +239,10 @@ def test_a_generated_set_that_does_not_match_the_real_cases_is_refused(small_dat
     assert not (tmp_path / "grid" / "metrics.json").exists()
 
 
-def test_trivial_baselines_run_as_samplers(embedded, small_datalist, tiny_model, segmenter, tmp_path):
+def test_trivial_baselines_run_as_samplers(data_dir, small_datalist, tiny_model, segmenter, tmp_path):
     for name in ("nearest_training", "tissue_means"):
         out = evaluate(
-            embedded,
+            data_dir,
             str(small_datalist),
             tiny_model,
             tmp_path / name,

@@ -42,9 +42,9 @@ def test_coupling_is_a_train_config_key(coupling):
     assert parser.get_parsed_content("path").coupling == coupling
 
 
-def _reflow(embedded, small_datalist, teacher, out, epochs, **extra):
+def _reflow(data_dir, small_datalist, teacher, out, epochs, **extra):
     settings = {"teacher_ckpt": str(teacher), "pairs_per_case": 2, "pair_solver": "midpoint", "pair_steps": 2, **extra}
-    train("mask_class_2d", embedded, str(small_datalist), out, epochs, configs=("reflow.json",), **settings)
+    train("mask_class_2d", data_dir, str(small_datalist), out, epochs, configs=("reflow.json",), **settings)
 
 
 def _kind(model_file: dict) -> dict:
@@ -52,9 +52,9 @@ def _kind(model_file: dict) -> dict:
     return {k: v for k, v in model_file["card"].items() if k != "provenance"}
 
 
-def test_reflow_starts_from_the_teacher_on_its_pairs(embedded, small_datalist, tiny_model, tmp_path):
+def test_reflow_starts_from_the_teacher_on_its_pairs(data_dir, small_datalist, tiny_model, tmp_path):
     out = tmp_path / "reflow"
-    _reflow(embedded, small_datalist, tiny_model, out, epochs=1, lr=0.0)  # lr 0: the weights stay the start's
+    _reflow(data_dir, small_datalist, tiny_model, out, epochs=1, lr=0.0)  # lr 0: the weights stay the start's
     teacher = read_checkpoint(str(tiny_model))
     student = read_checkpoint(str(out / "model.pt"))
     assert _kind(student) == _kind(teacher)  # an ordinary flow model file of the teacher's kind
@@ -65,7 +65,7 @@ def test_reflow_starts_from_the_teacher_on_its_pairs(embedded, small_datalist, t
     # each pair: the case's own noise and the teacher's image of it under the case's conditions
     with np.load(out / "pairs.npz", allow_pickle=False) as saved:
         pairs = {key: torch.from_numpy(saved[key]) for key in ("noise", "image", "label", "class")}
-    cases = load_cases(str(small_datalist), "training", str(embedded), True, 3)
+    cases = load_cases(str(small_datalist), "training", str(data_dir), True, 3)
     assert pairs["noise"].shape == pairs["image"].shape == (len(cases), 2, 1, 16, 16)
     assert pairs["label"].shape == (len(cases), 1, 16, 16) and pairs["class"].tolist() == [c["class"] for c in cases]
     network = ConditionalUNet(**teacher["card"]["network"]).eval()
@@ -81,30 +81,30 @@ def test_reflow_starts_from_the_teacher_on_its_pairs(embedded, small_datalist, t
     assert not torch.allclose(pairs["image"], pairs["noise"], atol=0.05)  # the teacher moved the noise
 
 
-def test_reflow_resumes_on_its_pairs_and_inference_loads_it(embedded, small_datalist, tiny_model, tmp_path):
+def test_reflow_resumes_on_its_pairs_and_inference_loads_it(data_dir, small_datalist, tiny_model, tmp_path):
     out = tmp_path / "reflow"
-    _reflow(embedded, small_datalist, tiny_model, out, epochs=1)
+    _reflow(data_dir, small_datalist, tiny_model, out, epochs=1)
     written = (out / "pairs.npz").stat().st_mtime_ns
-    _reflow(embedded, small_datalist, tiny_model, out, epochs=2)  # resumed: the cached pairs, not new ones
+    _reflow(data_dir, small_datalist, tiny_model, out, epochs=2)  # resumed: the cached pairs, not new ones
     assert (out / "pairs.npz").stat().st_mtime_ns == written
     assert read_checkpoint(str(out / "checkpoint.pt"))["trainer"]["iteration"] == 4
     teacher, trained = read_checkpoint(str(tiny_model))["ema"], read_checkpoint(str(out / "model.pt"))["ema"]
     assert not all(torch.equal(trained[k], teacher[k]) for k in trained)
     with pytest.raises(USER_ERRORS) as excinfo:
-        _reflow(embedded, small_datalist, tiny_model, out, epochs=3, pairs_per_case=3)
+        _reflow(data_dir, small_datalist, tiny_model, out, epochs=3, pairs_per_case=3)
     assert "other settings" in error_text(excinfo) and "pairs_per_case" in error_text(excinfo)
 
     # inference (and so the deploy app, which runs inference.json) loads it unchanged
-    samples = sample("mask_class_2d", embedded, str(small_datalist), out / "model.pt", tmp_path / "s", num_steps=1)
+    samples = sample("mask_class_2d", data_dir, str(small_datalist), out / "model.pt", tmp_path / "s", num_steps=1)
     info = json.loads((samples / "info.json").read_text())
     assert info["nfe"] == 1 and len(list((samples / "images").glob("*.nii.gz"))) == 4
 
 
-def test_fine_tune_refuses_another_intensity_range(embedded, small_datalist, tiny_model, tmp_path):
+def test_fine_tune_refuses_another_intensity_range(data_dir, small_datalist, tiny_model, tmp_path):
     with pytest.raises(USER_ERRORS) as excinfo:
         train(
             "mask_class_2d",
-            embedded,
+            data_dir,
             str(small_datalist),
             tmp_path / "t",
             1,
@@ -114,13 +114,13 @@ def test_fine_tune_refuses_another_intensity_range(embedded, small_datalist, tin
     assert "was trained with intensity_range" in error_text(excinfo)
 
 
-def test_few_step_benchmark(embedded, small_datalist, tiny_model, tiny_ddpm, tmp_path):
+def test_few_step_benchmark(data_dir, small_datalist, tiny_model, tiny_ddpm, tmp_path):
     sys.path.insert(0, str(ROOT / "bench"))
     from few_step import main
 
     overrides = {
         **tiny("mask_class_2d"),
-        "dataset_dir": str(embedded),
+        "dataset_dir": str(data_dir),
         "datalist": str(small_datalist),
         "segmenter_path": "",
         "lr": 1e-3,

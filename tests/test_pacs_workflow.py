@@ -57,12 +57,12 @@ def test_workflow_definition(workflow):
         assert exported["value"] == f"{{{{ context.executions.{name}.artifacts.{output['name']} }}}}"
 
 
-def test_routing_key_is_set_in_seg_instances_only(tmp_path, embedded, workflow):
+def test_routing_key_is_set_in_seg_instances_only(tmp_path, data_dir, workflow):
     """The router reads Segmentation Type (0062,0001) from the Informatics Gateway's DICOM JSON of the study's
     instances (the first that has it): it is set in a DICOM SEG and in no image instance."""
     conditions = {d["name"]: d["conditions"] for d in workflow["tasks"][0]["task_destinations"]}
     assert all("context.dicom.series.any('0062','0001')" in c for cs in conditions.values() for c in cs)
-    volumes = load_volumes(embedded)
+    volumes = load_volumes(data_dir)
     for seg in (True, False):
         study = write_study(tmp_path / str(seg), volumes, seg=seg)
         values = [dcmread(f).to_json_dict().get("00620001", {}).get("Value") for f in study.files]

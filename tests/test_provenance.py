@@ -16,47 +16,47 @@ def _card(path) -> dict:
     return torch.load(path, weights_only=True)["card"]["provenance"]
 
 
-def test_card_records_the_run_and_resumes_it(embedded, small_datalist, tmp_path):
+def test_card_records_the_run_and_resumes_it(data_dir, small_datalist, tmp_path):
     out = tmp_path / "run"
-    train("mask_class_2d", embedded, str(small_datalist), out, epochs=2, checkpoint_interval=1, validation_interval=1)
+    train("mask_class_2d", data_dir, str(small_datalist), out, epochs=2, checkpoint_interval=1, validation_interval=1)
     first = _card(out / "model.pt")
-    cases = load_cases(str(small_datalist), "training", str(embedded), True, 3)
+    cases = load_cases(str(small_datalist), "training", str(data_dir), True, 3)
     assert first["data"]["files_sha256"] == data_fingerprint(str(small_datalist), cases)["files_sha256"]
     assert first["iterations"] == 2 * first["iterations_per_epoch"] and first["epochs"] == 2
     assert first["settings"]["batch_size"] == 4 and first["settings"]["seed"] == 0
     assert [c["scripts_sha256"] for c in first["code_history"]] == [code_version()["scripts_sha256"]]
     assert [point[0] for point in first["validation_loss"]] == [first["iterations_per_epoch"], first["iterations"]]
     assert (out / "validation_loss.png").stat().st_size > 1000
-    train("mask_class_2d", embedded, str(small_datalist), out, epochs=3, checkpoint_interval=1, validation_interval=1)
+    train("mask_class_2d", data_dir, str(small_datalist), out, epochs=3, checkpoint_interval=1, validation_interval=1)
     second = _card(out / "model.pt")
     assert second["epochs"] == 3 and len(second["validation_loss"]) == 3
     assert second["validation_loss"][:2] == first["validation_loss"]  # the curve goes on where it stopped
     assert second["training_seconds"] > first["training_seconds"]
 
 
-def test_validation_loss_is_the_same_for_the_same_weights(embedded, small_datalist, tmp_path):
-    train("mask_class_2d", embedded, str(small_datalist), tmp_path / "a", epochs=1, validation_interval=1)
-    train("mask_class_2d", embedded, str(small_datalist), tmp_path / "b", epochs=1, validation_interval=1, lr=0.0)
+def test_validation_loss_is_the_same_for_the_same_weights(data_dir, small_datalist, tmp_path):
+    train("mask_class_2d", data_dir, str(small_datalist), tmp_path / "a", epochs=1, validation_interval=1)
+    train("mask_class_2d", data_dir, str(small_datalist), tmp_path / "b", epochs=1, validation_interval=1, lr=0.0)
     a, b = (_card(tmp_path / n / "model.pt")["validation_loss"][-1][1] for n in ("a", "b"))
     assert a != b  # trained weights against the initial ones (lr 0)
     again = tmp_path / "b2"  # fixed noise and times: the same weights give the same loss
-    train("mask_class_2d", embedded, str(small_datalist), again, epochs=1, validation_interval=1, lr=0.0)
+    train("mask_class_2d", data_dir, str(small_datalist), again, epochs=1, validation_interval=1, lr=0.0)
     assert _card(again / "model.pt")["validation_loss"][-1][1] == b
 
 
-def test_a_checkpoint_of_other_data_is_not_resumed(embedded, small_datalist, tmp_path):
+def test_a_checkpoint_of_other_data_is_not_resumed(data_dir, small_datalist, tmp_path):
     out = tmp_path / "run"
-    train("mask_class_2d", embedded, str(small_datalist), out, epochs=1)
+    train("mask_class_2d", data_dir, str(small_datalist), out, epochs=1)
     other = json.loads(small_datalist.read_text())
     other["training"] = other["training"][:-1]
-    (embedded / "datalist_other.json").write_text(json.dumps(other))
+    (data_dir / "datalist_other.json").write_text(json.dumps(other))
     with pytest.raises(USER_ERRORS) as excinfo:
-        train("mask_class_2d", embedded, str(embedded / "datalist_other.json"), out, epochs=2)
+        train("mask_class_2d", data_dir, str(data_dir / "datalist_other.json"), out, epochs=2)
     assert "trained on other data" in error_text(excinfo)
 
 
-def test_the_data_fingerprint_follows_the_files_not_their_folder(embedded, small_datalist, tmp_path):
-    cases = load_cases(str(small_datalist), "training", str(embedded), True, 3)[:2]
+def test_the_data_fingerprint_follows_the_files_not_their_folder(data_dir, small_datalist, tmp_path):
+    cases = load_cases(str(small_datalist), "training", str(data_dir), True, 3)[:2]
     copies = []
     for case in cases:
         copy = dict(case)

@@ -24,11 +24,11 @@ EQUIVALENCE = {"variant": "mask_class_2d", "fixed_batch": 16, "global_batch": 8,
 RUNS = [(v, "flow") for v in VARIANTS] + [("mask_class_2d", "ddpm")]
 
 
-def _overrides(variant: str, embedded: Path, small_datalist: Path, out: Path, epochs: int, batch_size: int) -> dict:
+def _overrides(variant: str, data_dir: Path, small_datalist: Path, out: Path, epochs: int, batch_size: int) -> dict:
     return {
         **tiny(variant),
-        "dataset_dir": str(embedded),
-        "datalist": datalist_for(variant, embedded, small_datalist),
+        "dataset_dir": str(data_dir),
+        "datalist": datalist_for(variant, data_dir, small_datalist),
         "output_dir": str(out),
         "lr": 1e-3,
         "batch_size": batch_size,
@@ -38,11 +38,11 @@ def _overrides(variant: str, embedded: Path, small_datalist: Path, out: Path, ep
     }
 
 
-def _equivalence_job(root: Path, embedded: Path, small_datalist: Path, processes: int) -> dict:
+def _equivalence_job(root: Path, data_dir: Path, small_datalist: Path, processes: int) -> dict:
     name = f"equivalence_{processes}"
     overrides = _overrides(
         EQUIVALENCE["variant"],
-        embedded,
+        data_dir,
         small_datalist,
         root / name,
         EQUIVALENCE["epochs"],
@@ -58,21 +58,21 @@ def _equivalence_job(root: Path, embedded: Path, small_datalist: Path, processes
 
 
 @pytest.fixture(scope="module")
-def torchrun(tmp_path_factory, embedded, small_datalist) -> Path:
+def torchrun(tmp_path_factory, data_dir, small_datalist) -> Path:
     """One torchrun launch of 2 processes: the equivalence run, every variant (and DDPM) for 2 steps, then sharded
     generation of the test split with the equivalence run's model."""
     root = tmp_path_factory.mktemp("ddp")
-    jobs = [_equivalence_job(root, embedded, small_datalist, 2)]
+    jobs = [_equivalence_job(root, data_dir, small_datalist, 2)]
     for variant, method in RUNS:
         out = root / f"{variant}_{method}"
         epochs = 2 if variant.endswith("3d") else 1  # 2 steps per rank either way (1 volume, or 4 slices per rank)
         configs = ["train.json", f"variants/{variant}.json"] + (["train_ddpm.json"] if method == "ddpm" else []) + MULTI
-        overrides = _overrides(variant, embedded, small_datalist, out, epochs, batch_size=2)
+        overrides = _overrides(variant, data_dir, small_datalist, out, epochs, batch_size=2)
         jobs.append({"configs": configs, "overrides": overrides, "result": str(out)})
     jobs.append(
         {
             "configs": ["inference.json", "variants/mask_class_2d.json", "multi_gpu_inference.json"],
-            "overrides": _generation(root, embedded, small_datalist, "sharded"),
+            "overrides": _generation(root, data_dir, small_datalist, "sharded"),
         }
     )
     (root / "jobs.json").write_text(json.dumps(jobs))
@@ -82,10 +82,10 @@ def torchrun(tmp_path_factory, embedded, small_datalist) -> Path:
     return root
 
 
-def _generation(root: Path, embedded: Path, small_datalist: Path, name: str) -> dict:
+def _generation(root: Path, data_dir: Path, small_datalist: Path, name: str) -> dict:
     return {
         **tiny("mask_class_2d"),
-        "dataset_dir": str(embedded),
+        "dataset_dir": str(data_dir),
         "datalist": str(small_datalist),
         "ckpt_path": str(root / "equivalence_2" / "model.pt"),
         "output_dir": str(root / name),
@@ -98,11 +98,11 @@ def _results(folder: Path, processes: int = 2) -> list[dict]:
     return [torch.load(folder / f"rank{r}.pt", weights_only=True) for r in range(processes)]
 
 
-def test_gradients_are_synchronised_and_the_loss_is_the_one_process_loss(torchrun, embedded, small_datalist):
+def test_gradients_are_synchronised_and_the_loss_is_the_one_process_loss(torchrun, data_dir, small_datalist):
     ranks = _results(torchrun / "equivalence_2")
     assert all(torch.equal(ranks[0]["weights"][k], ranks[1]["weights"][k]) for k in ranks[0]["weights"])
 
-    run_job(_equivalence_job(torchrun, embedded, small_datalist, 1))
+    run_job(_equivalence_job(torchrun, data_dir, small_datalist, 1))
     (single,) = _results(torchrun / "equivalence_1", processes=1)
     steps = EQUIVALENCE["epochs"] * EQUIVALENCE["fixed_batch"] // EQUIVALENCE["global_batch"]
     assert len(single["losses"]) == len(ranks[0]["losses"]) == steps
@@ -127,11 +127,11 @@ def test_every_variant_trains_under_ddp(torchrun, variant, method):
     assert len(list((out / "previews").glob("*.png"))) == 1
 
 
-def test_sharded_generation_gives_the_one_process_cases_each_once(torchrun, embedded, small_datalist):
+def test_sharded_generation_gives_the_one_process_cases_each_once(torchrun, data_dir, small_datalist):
     sharded = torchrun / "sharded"
     single = torchrun / "single"
     run_bundle(
-        ["inference.json", "variants/mask_class_2d.json"], **_generation(torchrun, embedded, small_datalist, "single")
+        ["inference.json", "variants/mask_class_2d.json"], **_generation(torchrun, data_dir, small_datalist, "single")
     )
     info = json.loads((sharded / "info.json").read_text())
     cases = json.loads(small_datalist.read_text())["test"]

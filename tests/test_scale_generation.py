@@ -17,11 +17,11 @@ CONFIG_FILES = ["inference.json", "variants/mask_class_2d.json"]
 
 
 @pytest.fixture
-def settings(embedded, small_datalist, tmp_path) -> dict:
+def settings(data_dir, small_datalist, tmp_path) -> dict:
     """Inference overrides for a tiny untrained mask_class_2d model saved as a model file."""
     settings = {
         **tiny("mask_class_2d"),
-        "dataset_dir": str(embedded),
+        "dataset_dir": str(data_dir),
         "datalist": str(small_datalist),
         "ckpt_path": str(tmp_path / "model.pt"),
         "output_dir": str(tmp_path / "out"),

@@ -19,10 +19,10 @@ EPOCHS = 8  # of 2 steps (8 slices, batch 4)
 CONFIG_FILES = ["train.json", "variants/mask_class_2d.json"]
 
 
-def _overrides(embedded: Path, small_datalist: Path, out: Path) -> dict:
+def _overrides(data_dir: Path, small_datalist: Path, out: Path) -> dict:
     return {
         **TINY_2D,
-        "dataset_dir": str(embedded),
+        "dataset_dir": str(data_dir),
         "datalist": str(small_datalist),
         "output_dir": str(out),
         "seed": 3,
@@ -46,11 +46,11 @@ def _checkpoint(out: Path) -> dict:
     return torch.load(out / "checkpoint.pt", weights_only=True)
 
 
-def test_killed_run_resumes_to_the_uninterrupted_result(embedded, small_datalist, tmp_path):
+def test_killed_run_resumes_to_the_uninterrupted_result(data_dir, small_datalist, tmp_path):
     whole, killed = tmp_path / "whole", tmp_path / "killed"
-    run_job({"configs": CONFIG_FILES, "overrides": _overrides(embedded, small_datalist, whole)})
+    run_job({"configs": CONFIG_FILES, "overrides": _overrides(data_dir, small_datalist, whole)})
 
-    command = _command(_overrides(embedded, small_datalist, killed))
+    command = _command(_overrides(data_dir, small_datalist, killed))
     env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}  # the same arithmetic as this process
     log = (tmp_path / "killed.log").open("w")
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)

@@ -13,7 +13,7 @@ from conftest import TINY_2D, run_bundle
 EPOCHS, STEPS = 2, 2  # 8 slices, batch 4
 
 
-def test_mlflow_and_tensorboard_record_loss_lr_throughput_and_previews(embedded, small_datalist, tmp_path):
+def test_mlflow_and_tensorboard_record_loss_lr_throughput_and_previews(data_dir, small_datalist, tmp_path):
     import mlflow
 
     out = tmp_path / "train"
@@ -22,7 +22,7 @@ def test_mlflow_and_tensorboard_record_loss_lr_throughput_and_previews(embedded,
         tracking="mlflow",
         experiment_name="scale_test",
         **TINY_2D,
-        dataset_dir=str(embedded),
+        dataset_dir=str(data_dir),
         datalist=str(small_datalist),
         output_dir=str(out),
         batch_size=4,

@@ -110,11 +110,11 @@ def test_channels_last_network_for_2d_and_3d(image_size, layout):
     assert weight.is_contiguous(memory_format=layout) and not weight.is_contiguous()
 
 
-def test_checkpoint_without_newer_state_resumes(embedded, small_datalist, tmp_path, caplog):
+def test_checkpoint_without_newer_state_resumes(data_dir, small_datalist, tmp_path, caplog):
     """A checkpoint of the first bundle version (network, optimizer, ema, trainer, card) still resumes."""
     overrides = {
         **TINY_2D,
-        "dataset_dir": str(embedded),
+        "dataset_dir": str(data_dir),
         "datalist": str(small_datalist),
         "output_dir": str(tmp_path),
         "batch_size": 4,

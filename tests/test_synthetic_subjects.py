@@ -23,34 +23,34 @@ def test_axial_levels_split_the_extent_in_thirds():
     assert levels == [0] * 10 + [1] * 10 + [2] * 10
 
 
-def test_subjects_are_split_by_subject_and_differ(embedded):
-    data = json.loads((embedded / "datalist_2d.json").read_text())
+def test_subjects_are_split_by_subject_and_differ(data_dir):
+    data = json.loads((data_dir / "datalist_2d.json").read_text())
     subjects = {k: {c["subject"] for c in data[k]} for k in ("training", "validation", "test")}
     assert [len(s) for s in subjects.values()] == [3, 1, 2]
     assert not subjects["training"] & subjects["test"] and not subjects["training"] & subjects["validation"]
     assert {c["class"] for c in data["training"]} == {0, 1, 2}
-    record = json.loads((embedded / "subjects.json").read_text())["subjects"]
+    record = json.loads((data_dir / "subjects.json").read_text())["subjects"]
     assert all(0.9 <= s["brain_volume_ratio"] <= 1.1 for s in record)
     assert all(2.0 < s["max_displacement_mm"] <= 6.5 for s in record)
     # the same axial plane of two subjects holds different anatomy and intensities
     a, b = (next(c for c in data[k] if c["image"].endswith("z-090.nii.gz")) for k in ("training", "test"))
-    labels = [np.asarray(nib.load(embedded / c["label"]).dataobj) for c in (a, b)]
+    labels = [np.asarray(nib.load(data_dir / c["label"]).dataobj) for c in (a, b)]
     assert (labels[0] != labels[1]).mean() > 0.05
 
 
-def test_slices_are_skull_stripped_t1_with_labels_on_their_grid(embedded):
-    data = json.loads((embedded / "datalist_2d.json").read_text())
+def test_slices_are_skull_stripped_t1_with_labels_on_their_grid(data_dir):
+    data = json.loads((data_dir / "datalist_2d.json").read_text())
     case = data["test"][len(data["test"]) // 2]
-    image, label = nib.load(embedded / case["image"]), nib.load(embedded / case["label"])
+    image, label = nib.load(data_dir / case["image"]), nib.load(data_dir / case["label"])
     assert image.ndim == 2 and image.shape == label.shape
     assert np.array_equal(image.affine, label.affine)
     img, lab = np.asarray(image.dataobj), np.asarray(label.dataobj)
     assert set(np.unique(lab).tolist()) == {0, 1, 2, 3}
     assert img[lab == 0].max() == 0  # skull-stripped: background is zero
     assert img[lab == 3].mean() > img[lab == 2].mean() > img[lab == 1].mean()  # T1: white > grey > CSF
-    volumes = json.loads((embedded / "datalist_3d.json").read_text())["test"]
+    volumes = json.loads((data_dir / "datalist_3d.json").read_text())["test"]
     volume = next(v for v in volumes if v["subject"] == case["subject"])
-    vol, vol_lab = nib.load(embedded / volume["image"]), nib.load(embedded / volume["label"])
+    vol, vol_lab = nib.load(data_dir / volume["image"]), nib.load(data_dir / volume["label"])
     assert vol.ndim == 3 and vol.shape == vol_lab.shape and np.allclose(vol.header.get_zooms(), 2.0)
     # the subject's 2 mm volume holds the same labels as its 1 mm slice at the same world positions
     i, j = np.nonzero(lab >= 0)
