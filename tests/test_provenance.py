@@ -70,3 +70,15 @@ def test_the_data_fingerprint_follows_the_files_not_their_folder(data_dir, small
     with open(copies[0]["image"], "ab") as f:
         f.write(b"\0")
     assert data_fingerprint(str(small_datalist), copies)["files_sha256"] != original["files_sha256"]
+
+
+def test_the_segmenter_config_records_its_data_and_settings(data_dir, small_datalist, tmp_path):
+    from conftest import run_bundle
+
+    path = tmp_path / "segmenter.pt"
+    overrides = {"dataset_dir": str(data_dir), "datalist": str(small_datalist), "ckpt_path": str(path)}
+    run_bundle(["train_segmenter.json"], image_size=[16, 16], iterations=2, batch_size=4, **overrides)
+    provenance = _card(path)
+    cases = load_cases(str(small_datalist), "training", str(data_dir), True)
+    assert provenance["data"]["files_sha256"] == data_fingerprint(str(small_datalist), cases)["files_sha256"]
+    assert provenance["settings"]["iterations"] == 2 and provenance["code"] == code_version()

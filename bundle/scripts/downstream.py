@@ -36,8 +36,8 @@ def build(task: str, image_size: Sequence[int], num_outputs: int) -> nn.Module:
     raise ValueError(f"task must be one of {tuple(TASKS)}, got {task!r}")
 
 
-def card(task: str, image_size: Sequence[int], num_outputs: int, intensity_range=None) -> ModelCard:
-    return ModelCard(task, {"num_outputs": num_outputs}, image_size, intensity_range)
+def card(task: str, image_size: Sequence[int], num_outputs: int, intensity_range=None, provenance=None) -> ModelCard:
+    return ModelCard(task, {"num_outputs": num_outputs}, image_size, intensity_range, provenance=provenance)
 
 
 def train(
@@ -133,8 +133,11 @@ def segmenter_features(segmenter: nn.Module, images: torch.Tensor, batch_size: i
     return torch.cat(parts)
 
 
-def save(path: str, task: str, network: nn.Module, image_size, num_outputs: int, intensity_range) -> None:
-    save_model(path, network, None, card(task, image_size, num_outputs, intensity_range))
+def save(
+    path: str, task: str, network: nn.Module, image_size, num_outputs: int, intensity_range, provenance=None
+) -> None:
+    """Writes a model file; ``provenance`` (see ``provenance.training_provenance``) goes into its card."""
+    save_model(path, network, None, card(task, image_size, num_outputs, intensity_range, provenance))
 
 
 def load(path: str, task: str, image_size: Sequence[int], num_outputs: int, device="cpu") -> nn.Module:
