@@ -119,6 +119,8 @@ def stem(path: str) -> str:
 def splits_by_patient(datalist: str, patient_of) -> dict[str, set[str]]:
     """The patients of each split (``patient_of`` maps an item's image path to its patient)."""
     content = json.loads(Path(datalist).read_text())
+    items = [item for s in SPLITS for item in content[s]]
+    assert all(item["subject"] == patient_of(item["image"]) for item in items)  # evaluation's halves use it
     return {s: {patient_of(item["image"]) for item in content[s]} for s in SPLITS}
 
 

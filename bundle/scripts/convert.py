@@ -128,9 +128,12 @@ def _checked_label(label: nib.Nifti1Image, shape: Sequence[int], num_labels: int
     return array.astype(np.uint8)
 
 
-def _write_pair(folder: str, name: str, image: nib.Nifti1Image, label: nib.Nifti1Image, cls: int | None) -> dict:
-    """Saves one case's image and label under ``folder`` and returns its datalist item (paths relative to it)."""
-    item = {"image": f"images/{name}.nii.gz", "label": f"labels/{name}.nii.gz"}
+def _write_pair(
+    folder: str, name: str, image: nib.Nifti1Image, label: nib.Nifti1Image, cls: int | None, subject: str
+) -> dict:
+    """Saves one case's image and label under ``folder`` and returns its datalist item (paths relative to it, and
+    the ``subject`` it belongs to, which evaluation uses to split the real set into halves by subject)."""
+    item = {"image": f"images/{name}.nii.gz", "label": f"labels/{name}.nii.gz", "subject": subject}
     nib.save(image, os.path.join(folder, item["image"]))
     nib.save(label, os.path.join(folder, item["label"]))
     return item if cls is None else {**item, "class": cls}
@@ -226,7 +229,7 @@ def msd_brain(
                     )
                     for z in np.flatnonzero(volume.any(axis=(0, 1))).tolist()
                 ]
-            lists[split[name]] += [_write_pair(folder, *pair) for pair in pairs]
+            lists[split[name]] += [_write_pair(folder, *pair, subject=name) for pair in pairs]
         kind = "axial slices with brain, class 1 if the slice holds tumour" if mode == "2d" else "volumes"
         meta_out = {
             "description": f"MSD Task01 BrainTumour, {modalities[channel]} {kind}",
@@ -324,7 +327,7 @@ def camus(
                 raise ValueError(f"{stem}.nii.gz: expected a 2D image, got shape {image.shape}")
             seg = _checked_label(label, image.shape, len(CAMUS_LABELS), stem + ".nii.gz")
             pixels = _like(np.asarray(image.dataobj), image.affine, image)
-            item = _write_pair(folder, os.path.basename(stem), pixels, _like(seg, label.affine, label), cls)
+            item = _write_pair(folder, os.path.basename(stem), pixels, _like(seg, label.affine, label), cls, patient)
             lists[split[patient]].append(item)
         meta = {
             "description": "CAMUS 2D echocardiography, ED/ES frames of the 2- and 4-chamber views, class = view x phase"
