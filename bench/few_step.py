@@ -31,10 +31,7 @@ import fire
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from records import (
-    machine,  # noqa: E402
-    workflow,  # noqa: E402
-)
+from records import machine, workflow  # noqa: E402
 from sampling import QUALITY, ROOT, sample_and_evaluate  # noqa: E402  (it puts bundle/ on sys.path)
 
 from scripts.checkpoint import read_checkpoint  # noqa: E402

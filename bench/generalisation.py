@@ -69,13 +69,14 @@ def main(
     start = time.perf_counter()
     record = json.loads((Path(data_dir) / "subjects.json").read_text())
     unseen_dir = work / "unseen_data"
-    wanted = (1000 + seed, unseen_displacement_mm, unseen_subjects)
+    wanted = (1000 + seed, unseen_displacement_mm, unseen_subjects, unseen_slice_step_mm)
     if _built_with(unseen_dir) != wanted:
         build(
             str(unseen_dir),
             subjects=(1, 1, unseen_subjects),
             seed=1000 + seed,
             max_displacement_mm=unseen_displacement_mm,
+            slice_step_mm=unseen_slice_step_mm,
         )
     sets = {
         "test subjects": (data_dir, datalist or f"{data_dir}/datalist_2d.json", record["max_displacement_mm"]),
@@ -113,13 +114,14 @@ def main(
 
 
 def _built_with(folder: Path) -> tuple | None:
-    """(seed, largest displacement, test subjects) of a data set built by synthetic_subjects.py; None if none."""
+    """(seed, largest displacement, test subjects, slice step) of a data set built by synthetic_subjects.py; None if
+    there is none."""
     path = folder / "subjects.json"
     if not path.is_file():
         return None
     record = json.loads(path.read_text())
     tests = sum(s["split"] == "test" for s in record["subjects"])
-    return record["seed"], record["max_displacement_mm"], tests
+    return record["seed"], record["max_displacement_mm"], tests, record.get("slice_step_mm")
 
 
 def plot(result: dict, path: Path) -> None:

@@ -64,8 +64,8 @@ def generalisation_table(record: dict) -> str:
         lines += [
             "",
             f"Model: {model.get('iterations')} iterations ({model.get('epochs')} epochs), "
-            f"{model.get('training_seconds', 0) / 3600:.1f} h of training; {record['machine']}; "
-            f"`{record['command']}`, {record['seconds'] / 60:.0f} min.",
+            f"{model.get('training_seconds')} s of training; {record['machine']}; "
+            f"`{record['command']}`, {record['seconds']} s.",
         ]
     return "\n".join(lines) + "\n"
 
@@ -79,7 +79,7 @@ def model_card_table(record: dict) -> str:
         ("file", Path(record["settings"]["ckpt_path"]).name),
         ("iterations (epochs)", f"{p.get('iterations')} ({p.get('epochs')})"),
         ("batch size, seed", f"{settings.get('batch_size')}, {settings.get('seed')}"),
-        ("training time", f"{p.get('training_seconds', 0) / 3600:.2f} h on {settings.get('device')}"),
+        ("training time", f"{p.get('training_seconds')} s on {settings.get('device')}"),
         ("training cases", f"{p['data']['num_cases']} (files SHA-256 {p['data']['files_sha256'][:12]})"),
         ("last validation loss", f"{curve[-1][1]} at iteration {curve[-1][0]}"),
         ("code", ", ".join(str(c.get("git_commit")) for c in p.get("code_history", []))),

@@ -10,6 +10,7 @@ which one of them scores like the model does not measure what the model learned.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import cached_property
 
 import torch
 from torch import nn
@@ -55,6 +56,10 @@ class NearestTrainingImage(TrainingSetBaseline):
 class TissueMeans(TrainingSetBaseline):
     """Each label of a case's mask painted with the mean training intensity of that label."""
 
+    @cached_property
+    def means(self) -> torch.Tensor:
+        """The mean training intensity of each label: (num_labels,)."""
+        return (self.masks * self.images.flatten(1)[:, None]).sum((0, 2)) / self.masks.sum((0, 2)).clamp(min=1)
+
     def generate(self, network: nn.Module, batch: dict, shape: Sequence[int], seed: int, device=None):
-        means = (self.masks * self.images.flatten(1)[:, None]).sum((0, 2)) / self.masks.sum((0, 2)).clamp(min=1)
-        return means[plain(batch["label"]).long()].to(device), 0
+        return self.means[plain(batch["label"]).long()].to(device), 0

@@ -28,11 +28,13 @@ from monai.transforms import (
     ResizeWithPadOrCropd,
     ScaleIntensityRange,
     ScaleIntensityRanged,
+    ScaleIntensityRangePercentiles,
 )
 from monai.utils import convert_to_tensor
 
 KEYS = ("image", "label")
 MODEL_RANGE = (-1.0, 1.0)  # intensities the model sees
+PERCENTILES = (0.5, 99.5)  # the robust intensity range of images
 
 
 def load_cases(
@@ -95,7 +97,9 @@ def case_id(item: Mapping, index: int, taken: set[str]) -> str:
     return name
 
 
-def percentile_range(cases: Sequence[Mapping], lower: float = 0.5, upper: float = 99.5, max_cases: int = 64):
+def percentile_range(
+    cases: Sequence[Mapping], lower: float = PERCENTILES[0], upper: float = PERCENTILES[1], max_cases: int = 64
+):
     """Robust intensity range [p_lower, p_upper] over (up to ``max_cases``, evenly spread) training images."""
     load = LoadImaged("image", image_only=True)
     picks = np.linspace(0, len(cases) - 1, min(len(cases), max_cases)).round().astype(int)
@@ -203,6 +207,15 @@ def model_transforms(
     if intensity_range is not None:
         xforms.append(ScaleIntensityRanged("image", *intensity_range, *MODEL_RANGE, clip=True, allow_missing_keys=True))
     return Compose(xforms)
+
+
+def to_model_range(images: torch.Tensor, intensity_range: Sequence[float] | None) -> torch.Tensor:
+    """Images (N, C, *spatial) in data units -> [-1, 1] (clipped): from ``intensity_range``, or, when it is None,
+    from each image's own ``PERCENTILES``."""
+    if intensity_range is not None:
+        return ScaleIntensityRange(*intensity_range, *MODEL_RANGE, clip=True)(images)
+    scale = ScaleIntensityRangePercentiles(*PERCENTILES, *MODEL_RANGE, clip=True)
+    return torch.stack([scale(image) for image in images])
 
 
 def to_units(images: torch.Tensor, intensity_range: Sequence[float]) -> torch.Tensor:

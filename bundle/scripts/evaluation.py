@@ -38,30 +38,15 @@ from torch import nn
 
 from . import downstream, metrics
 from .checkpoint import save_atomic
-from .data import MODEL_RANGE, load_batch, load_cases, load_images
+from .data import PERCENTILES, load_batch, load_cases, load_images, to_model_range
 from .visualize import plt
 
 logger = logging.getLogger(__name__)
-
-PERCENTILES = (0.5, 99.5)
 
 
 def save_json(content: dict, path: str) -> None:
     """Writes JSON atomically (via ``save_atomic``'s temporary-file-and-rename)."""
     save_atomic(content, path, writer=lambda obj, f: f.write(json.dumps(obj, indent=1).encode()))
-
-
-def to_model_range(images: torch.Tensor, intensity_range: Sequence[float] | None) -> torch.Tensor:
-    """Data units -> [-1, 1] (clipped): with ``intensity_range``, or with each image's own percentiles."""
-    lo_out, hi_out = MODEL_RANGE
-    if intensity_range is None:
-        flat = images.flatten(1).double()
-        q = torch.quantile(flat, torch.tensor([p / 100 for p in PERCENTILES], dtype=flat.dtype), dim=1)
-        lo, hi = (v.view(-1, *[1] * (images.dim() - 1)).to(images.dtype) for v in q)
-    else:
-        lo, hi = intensity_range
-    scaled = (images - lo) / (hi - lo + 1e-12) * (hi_out - lo_out) + lo_out
-    return scaled.clamp(lo_out, hi_out)
 
 
 def intensity_mismatch(real: torch.Tensor, intensity_range: Sequence[float]) -> str | None:
@@ -152,8 +137,9 @@ class Evaluation:
             "skipped": {},
             "ci95": {},
         }
-        self._distribution(values, real, generated)
-        self._paired(values, real, generated)
+        segmenter = self._load_segmenter(values["skipped"])
+        self._distribution(values, real, generated, segmenter)
+        self._paired(values, real, generated, segmenter)
         self._conditional_diversity(values)
         values["fid"] = self._fid(real, generated, values["skipped"])
         values["model"] = self.model_card.get("provenance", {})
@@ -183,7 +169,9 @@ class Evaluation:
                     f"(shape {tuple(b.shape)})"
                 )
 
-    def _distribution(self, values: dict, real: torch.Tensor, generated: torch.Tensor) -> None:
+    def _distribution(
+        self, values: dict, real: torch.Tensor, generated: torch.Tensor, segmenter: nn.Module | None
+    ) -> None:
         n, ci, draws = len(real), values["ci95"], self.draws
         pair = min(n, len(generated))
         _with_ci(
@@ -196,7 +184,6 @@ class Evaluation:
         values["hist_wasserstein"] = metrics.hist_wasserstein(real, generated)
         values["ms_ssim_diversity"] = metrics.ms_ssim_diversity(generated)
         values["ms_ssim_diversity_real"] = metrics.ms_ssim_diversity(real)
-        segmenter = self._segmenter(values["skipped"])
         keys = ("fd_segmenter_features", "kid_segmenter_features", "fd_halves_generated", "fd_halves_real")
         if segmenter is None:
             values.update(dict.fromkeys(keys))
@@ -230,11 +217,10 @@ class Evaluation:
         """Two halves of the real cases: by subject when cases name one (alternate subjects), else alternate cases."""
         subjects = list(dict.fromkeys(c.get("subject", i) for i, c in enumerate(self.real_cases)))
         first = set(subjects[0::2])
-        a = [i for i, c in enumerate(self.real_cases) if c.get("subject", i) in first]
-        b = [i for i in range(len(self.real_cases)) if i not in set(a)]
-        return a, b
+        in_first = [c.get("subject", i) in first for i, c in enumerate(self.real_cases)]
+        return [i for i, x in enumerate(in_first) if x], [i for i, x in enumerate(in_first) if not x]
 
-    def _paired(self, values: dict, real: torch.Tensor, generated: torch.Tensor) -> None:
+    def _paired(self, values: dict, real: torch.Tensor, generated: torch.Tensor, segmenter: nn.Module | None) -> None:
         keys = ("ssim_paired", "psnr_paired", "correlation_in_mask", "mask_dice", "mask_dice_real")
         values.update(dict.fromkeys(keys))
         if not self.num_labels:
@@ -246,7 +232,6 @@ class Evaluation:
             "psnr_paired": metrics.psnr_per_case(real, generated),
             "correlation_in_mask": metrics.correlation_per_case(real, generated, masks),
         }
-        segmenter = self._segmenter(values["skipped"])
         if segmenter is not None:
             for key, images in (("mask_dice", generated), ("mask_dice_real", real)):
                 predicted = downstream.predict(segmenter, images.to(self.device))
@@ -290,17 +275,16 @@ class Evaluation:
             metrics.bootstrap_ci(lambda i: float(per_case[i].mean()), len(per_case), self.draws),
         )
 
-    def _segmenter(self, skipped: dict) -> nn.Module | None:
-        if not hasattr(self, "_segmenter_net"):
-            self._segmenter_net = None
-            if self.segmenter_path and os.path.isfile(self.segmenter_path) and self.num_labels:
-                self._segmenter_net = downstream.load(
-                    self.segmenter_path, "segmenter", self.image_size, self.num_labels, self.device
-                )
-        if self._segmenter_net is None:
-            why = "no labels to segment" if not self.num_labels else f"no segmenter at {self.segmenter_path}"
-            skipped["segmenter"] = f"{why}; train one with bundle/configs/train_segmenter.json"
-        return self._segmenter_net
+    def _load_segmenter(self, skipped: dict) -> nn.Module | None:
+        """The segmenter of mask Dice and of the feature metrics; None (and why, in ``skipped``) without one."""
+        if not self.num_labels:
+            skipped["segmenter"] = "no labels to segment"
+            return None
+        if not self.segmenter_path or not os.path.isfile(self.segmenter_path):
+            where = f"no segmenter at {self.segmenter_path}"
+            skipped["segmenter"] = f"{where}; train one with bundle/configs/train_segmenter.json"
+            return None
+        return downstream.load(self.segmenter_path, "segmenter", self.image_size, self.num_labels, self.device)
 
     def _fid(self, real: torch.Tensor, generated: torch.Tensor, skipped: dict) -> float | None:
         if not self.fid_model:

@@ -290,7 +290,13 @@ def build(
     try:
         lists2d = {split: [] for split in SPLITS}
         lists3d = {split: [] for split in SPLITS}
-        record = {"seed": seed, "max_displacement_mm": max_displacement_mm, "source": SOURCE, "subjects": []}
+        record = {
+            "seed": seed,
+            "max_displacement_mm": max_displacement_mm,
+            "slice_step_mm": slice_step_mm,
+            "source": SOURCE,
+            "subjects": [],
+        }
         names = [(split, i) for split, n in zip(SPLITS, subjects) for i in range(n)]
         for number, (split, _) in enumerate(tqdm(names, desc="subjects", unit="subject")):
             name = f"sub-{number:02d}"
