@@ -26,35 +26,15 @@ import time
 from pathlib import Path
 
 import fire
-from records import machine, save
+from records import ROOT, machine, save
 
-ROOT = Path(__file__).resolve().parents[1]
 SLICES, SLICE_GAP, MATRIX, NFE = 20, 5.0, (256, 256), 10
-
-
-def shipped_config_bundle(folder: Path) -> Path:
-    """A bundle with the shipped configuration (configs/inference.json) and untrained weights."""
-    from monai.bundle import ConfigParser
-
-    from scripts.checkpoint import ModelCard, save_model
-
-    (folder / "configs").mkdir(parents=True)
-    for name in ("inference.json", "metadata.json"):
-        shutil.copy(ROOT / "bundle" / "configs" / name, folder / "configs" / name)
-    (folder / "scripts").symlink_to(ROOT / "bundle" / "scripts")
-    parser = ConfigParser()
-    parser.read_config(str(folder / "configs" / "inference.json"))
-    network = parser.get_parsed_content("network_def")
-    card = ModelCard("flow", network.config, parser["image_size"], [0.0, 1000.0], parser["variant"])
-    save_model(str(folder / "models" / "model.pt"), network, None, card)
-    return folder
 
 
 def write_inputs(folder: Path):
     """The 20-slice MR series (256 x 256, 1 mm pixels, 5 mm apart) and its SEG, from a test subject's volume."""
-    from deploy_fixtures import study_header, write_mr_series, write_seg
-
     from scripts.synthetic_subjects import build, subject_volume
+    from testbed.studies import study_header, write_mr_series, write_seg
 
     data = ROOT / "bundle" / "data"
     if not (data / "datalist_3d.json").is_file():
@@ -67,7 +47,6 @@ def write_inputs(folder: Path):
 
 def main(model: str | None = None, repeats: int = 3, threads: int = 1, out: str = "results/deploy_latency.json"):
     """Times the app ``repeats`` times and the model alone as often, interleaved; prints and saves the timings."""
-    sys.path[:0] = [str(ROOT / "deploy_app"), str(ROOT / "bundle"), str(ROOT / "tests")]
     start = time.perf_counter()
     from app import MotfmApp
 
@@ -80,13 +59,14 @@ def main(model: str | None = None, repeats: int = 3, threads: int = 1, out: str 
     from motfm_deploy.model import Bundle, batches
     from operators.seg_reader import synthesis_job
     from operators.synthesis import synthesis_cases
+    from testbed.bundles import make_bundle
 
     torch.set_num_threads(threads)
     work = Path(tempfile.mkdtemp(prefix="deploy_latency-"))
     try:
         source, seg = write_inputs(work)
         shipped = (ROOT / "bundle" / "models" / "model.pt").is_file()
-        bundle = Path(model) if model else ROOT / "bundle" if shipped else shipped_config_bundle(work / "bundle")
+        bundle = Path(model) if model else ROOT / "bundle" if shipped else make_bundle(work / "bundle")
         loaded = Bundle(bundle).model
         series = DICOMSeries(source[0].SeriesInstanceUID)
         for ds in source:

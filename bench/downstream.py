@@ -14,18 +14,13 @@ import json
 import os
 import sys
 import tempfile
-from pathlib import Path
 
 import fire
 import numpy as np
+from records import ROOT, workflow
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bundle"))
-
-from records import workflow  # noqa: E402
-
-from scripts import downstream  # noqa: E402
-from scripts.data import input_transforms, load_cases  # noqa: E402
+from scripts import downstream
+from scripts.data import input_transforms, load_cases
 
 
 def main(

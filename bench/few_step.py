@@ -25,17 +25,14 @@ import os
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import fire
 import torch
+from records import machine, workflow
+from sampling import QUALITY, ROOT, sample_and_evaluate
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from records import machine, workflow  # noqa: E402
-from sampling import QUALITY, ROOT, sample_and_evaluate  # noqa: E402  (it puts bundle/ on sys.path)
-
-from scripts.checkpoint import read_checkpoint  # noqa: E402
-from scripts.visualize import plt  # noqa: E402
+from scripts.checkpoint import read_checkpoint
+from scripts.visualize import plt
 
 # metrics of the 2-NFE goal and whether higher is better
 GOAL = {"psnr_paired": True, "ssim_paired": True, "mask_dice": True, "hist_wasserstein": False}

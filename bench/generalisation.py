@@ -20,31 +20,17 @@ and the unseen subjects go to ``work_dir``.
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
 import fire
+from records import ROOT, generate_and_evaluate, publish, run_info
+from tables import generalisation_table
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bundle"))
-
-from records import machine, save, workflow  # noqa: E402
-from tables import generalisation_table  # noqa: E402
-
-from scripts.visualize import plt  # noqa: E402
+from scripts.visualize import plt
 
 METHODS = ("model", "nearest_training", "tissue_means")
 SHOWN = ("mask_dice", "correlation_in_mask", "fd_halves_generated", "conditional_ms_ssim")
-
-
-def evaluate(method: str, data_dir: str, datalist: str, out: Path, overrides: dict) -> dict:
-    """Runs one method on one data set's test split; returns its metrics.json."""
-    configs = ["inference.json", "evaluate.json"] + (["baselines.json"] if method != "model" else [])
-    extra = {} if method == "model" else {"baseline": method}
-    wf = workflow(configs, dataset_dir=data_dir, datalist=datalist, output_dir=str(out), **extra, **overrides)
-    wf.run()
-    return json.loads((out / "metrics.json").read_text())
 
 
 def main(
@@ -94,21 +80,19 @@ def main(
     for set_name, (folder, datalist, displacement) in sets.items():
         for method in METHODS:
             name = f"{set_name.replace(' ', '_')}-{method}"
-            metrics = evaluate(method, folder, datalist, work / name, settings)
+            generator = "flow" if method == "model" else method
+            metrics, _ = generate_and_evaluate(
+                generator, work / name, dataset_dir=folder, datalist=datalist, **settings
+            )
             rows.append({"data": set_name, "max_displacement_mm": displacement, "method": method, "metrics": metrics})
     result = {
-        "benchmark": "generalisation",
-        "command": "python bench/generalisation.py " + " ".join(sys.argv[1:]),
-        "machine": machine(),
+        **run_info("generalisation"),
         "settings": {**settings, "training_max_displacement_mm": record["max_displacement_mm"]},
         "model": rows[0]["metrics"].get("model", {}),
         "seconds": round(time.perf_counter() - start, 1),
         "rows": rows,
     }
-    save(result, str(out / "generalisation.json"))
-    table = generalisation_table(result)
-    (out / "generalisation.md").write_text(table)
-    print(table)
+    publish(result, out, generalisation_table)
     plot(result, out / "generalisation.png")
     return result
 

@@ -12,23 +12,19 @@ CPU: the time is the node's and the app's (start-up, DICOM in and out, network),
 from __future__ import annotations
 
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
 import fire
-from records import machine, save
-
-ROOT = Path(__file__).resolve().parents[1]
+from records import ROOT, machine, save
 
 
 def main(studies: int = 20, batch_studies: int = 8, slices: int = 3, out: str = "results/pacs_burst.json") -> None:
     """Runs one burst; prints and saves its timings."""
-    sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "bundle"), str(ROOT)]
-    from deploy_fixtures import make_bundle
-    from pacs_fixtures import Node, Orthanc, burst, load_volumes, write_study
-
     from scripts.synthetic_subjects import build
+    from testbed.bundles import make_bundle, tiny_deploy
+    from testbed.pacs import Node, Orthanc, burst
+    from testbed.studies import load_volumes, write_study
 
     work = Path(tempfile.mkdtemp(prefix="pacs_burst-"))
     pacs = node = None
@@ -37,7 +33,7 @@ def main(studies: int = 20, batch_studies: int = 8, slices: int = 3, out: str = 
         if not (data / "datalist_3d.json").is_file():
             data = Path(build(str(work / "data")))
         volumes = load_volumes(data)
-        make_bundle(work / "models" / "motfm")
+        make_bundle(work / "models" / "motfm", tiny_deploy())
         pacs = Orthanc(work / "orthanc")
         node = Node(work / "node", work / "models", pacs.port, "MOTFM", batch_studies=batch_studies).start()
         pacs.add_modality("motfm", node.ae_title, node.port)

@@ -1,16 +1,23 @@
-"""A benchmark's records: the machine it ran on, and its result printed and saved as JSON."""
+"""A benchmark's records: the machine it ran on, and its result printed and saved as JSON.
+
+The benchmarks run as files (``python bench/NAME.py``) and import the bundle's ``scripts.*``, the deploy app's modules
+and ``testbed``: importing this module, which each does first, puts ``bundle/``, ``deploy_app/`` and the repository
+on ``sys.path`` (as ``monai.bundle run`` does for the bundle, and pytest's ``pythonpath`` for the tests).
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import platform
+import sys
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "bundle" / "configs"
+sys.path[:0] = [p for p in (str(ROOT / "bundle"), str(ROOT / "deploy_app"), str(ROOT)) if p not in sys.path]
 
 
 def machine() -> str:
@@ -28,12 +35,32 @@ def machine() -> str:
     )
 
 
+def run_info(benchmark: str) -> dict:
+    """The head of a benchmark's record: its name, the command that ran it, and the machine."""
+    return {
+        "benchmark": benchmark,
+        "command": f"python bench/{benchmark}.py " + " ".join(sys.argv[1:]),
+        "machine": machine(),
+    }
+
+
 def save(result: dict, out: str) -> None:
     """Prints ``result`` and writes it as JSON to the file ``out`` (its folder made if missing)."""
     text = json.dumps(result, indent=1)
     print(text)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(text)
+
+
+def publish(record: dict, out_dir: str | Path, formatter) -> str:
+    """Saves ``record`` as ``<benchmark>.json`` and its table, ``formatter(record)``, as ``<benchmark>.md`` in
+    ``out_dir``; prints and returns the table."""
+    name = record["benchmark"]
+    save(record, str(Path(out_dir) / f"{name}.json"))
+    table = formatter(record)
+    (Path(out_dir) / f"{name}.md").write_text(table)
+    print(table)
+    return table
 
 
 def workflow(configs: list[str], **overrides):
@@ -45,3 +72,19 @@ def workflow(configs: list[str], **overrides):
     )
     wf.initialize()
     return wf
+
+
+def generate_and_evaluate(method: str, out: str, variant: str | None = None, **overrides) -> tuple[dict, object]:
+    """Generates the evaluation split with ``inference.json`` + ``evaluate.json`` (a "flow" model, the "ddpm"
+    baseline, or a trivial baseline of ``baselines.json`` by its name; ``variant``: a file of configs/variants)
+    into ``out``; returns (its metrics.json, the run workflow)."""
+    configs = {
+        "flow": ["inference.json", "evaluate.json"],
+        "ddpm": ["inference.json", "inference_ddpm.json", "evaluate.json"],
+    }.get(method, ["inference.json", "evaluate.json", "baselines.json"])
+    extra = {} if method in ("flow", "ddpm") else {"baseline": method}
+    wf = workflow(
+        configs + ([f"variants/{variant}.json"] if variant else []), output_dir=str(out), **extra, **overrides
+    )
+    wf.run()
+    return json.loads((Path(out) / "metrics.json").read_text()), wf

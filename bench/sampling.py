@@ -1,18 +1,21 @@
 """Speed and quality of flow matching against the DDPM baseline, measured in one run on one machine.
 
-Flow matching at NFE 1..50 (Euler; Heun and midpoint at matching NFE) and DDPM/DDIM at 10..1000 steps, each
-generating the test split through the bundle's own inference and evaluation configs, then:
+Flow matching at 1, 2, 4 and 10 NFE (Euler; midpoint at the even ones) and the DDPM baseline (ancestral at 1000
+steps, DDIM at 10, 50 and 250), each generating the test split through the bundle's own inference and evaluation
+configs, then:
 
-- quality: the evaluation metrics (paired PSNR/SSIM, mask Dice, histogram distance, MMD, diversity);
+- quality: the evaluation metrics with their 95% intervals (feature-space Frechet distance and KID, MMD, mask Dice,
+  histogram distance, conditional diversity, paired SSIM/PSNR for what they are worth);
 - cost: seconds per sample and the sampler overhead ratio = sampling time / (NFE x one bare network forward
   on the same batch);
 - training: seconds per iteration of the bundle's trainer against a bare PyTorch loop on the same network and
   batch (trainer overhead ratio).
 
-Prints one Markdown table and writes ``results.json``, ``table.md``, ``quality_vs_nfe.png`` and
-``quality_vs_seconds.png`` into ``out_dir``.
+Writes ``sampling.json`` (one record), ``sampling.md`` (its table, as the docs show it), ``quality_vs_nfe.png``
+and ``quality_vs_seconds.png`` into ``out_dir``.
 
-    python bench/sampling.py                      # the default sweep on the test split
+    python bench/sampling.py                                     # the default sweep on the test split
+    python bench/sampling.py --out_dir bundle/docs/records       # to update the documented record
     python bench/sampling.py --ddpm_steps 0 --ddim_steps "(10,50)"   # a quicker one; see --help for every flag
 """
 
@@ -20,32 +23,39 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import tempfile
 import time
-from pathlib import Path
 
 import fire
 import torch
 from ignite.engine import Events
+from records import ROOT, generate_and_evaluate, publish, run_info, workflow
+from tables import sampling_table
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bundle"))
+from scripts.batches import GenerativePrepareBatch, conditions
+from scripts.checkpoint import read_checkpoint
+from scripts.data import load_batch
+from scripts.flow import FlowPath
+from scripts.visualize import plt
 
-from records import machine, workflow  # noqa: E402
-
-from scripts.data import load_batch  # noqa: E402
-from scripts.flow import FlowPath, GenerativePrepareBatch, conditions  # noqa: E402
-from scripts.visualize import plt  # noqa: E402
-
-QUALITY = ("psnr_paired", "ssim_paired", "mask_dice", "hist_wasserstein", "mmd", "ms_ssim_diversity")
+QUALITY = (
+    "fd_segmenter_features",
+    "kid_segmenter_features",
+    "mmd",
+    "mask_dice",
+    "mask_dice_real",
+    "hist_wasserstein",
+    "conditional_ms_ssim",
+    "ssim_paired",
+    "psnr_paired",
+)
+PLOTTED = ("fd_segmenter_features", "mask_dice", "hist_wasserstein")
 
 
 def settings(nfe, ddim_steps, ddpm_steps) -> list[dict]:
     """Every sampler setting of the sweep: method, solver, steps and the NFE they cost."""
     rows = [{"method": "flow", "solver": "euler", "num_steps": n, "nfe": n} for n in nfe]
-    for solver in ("heun", "midpoint"):
-        rows += [{"method": "flow", "solver": solver, "num_steps": n // 2, "nfe": n} for n in nfe if n >= 2]
+    rows += [{"method": "flow", "solver": "midpoint", "num_steps": n // 2, "nfe": n} for n in nfe if n >= 2]
     rows += [{"method": "ddpm", "solver": "ddim", "num_steps": n, "nfe": n} for n in ddim_steps]
     rows += [
         {"method": "ddpm", "solver": "ddpm", "num_steps": n, "nfe": n} for n in ([ddpm_steps] if ddpm_steps else [])
@@ -71,19 +81,16 @@ def bare_forward_seconds(network, batch: dict, shape, repeats: int = 3) -> float
 
 def sample_and_evaluate(setting: dict, ckpt: str, out: str, overrides: dict) -> dict:
     """Runs the bundle's inference + evaluation for one setting; returns its metrics and timings."""
-    configs = ["inference.json"] + (["inference_ddpm.json"] if setting["method"] == "ddpm" else []) + ["evaluate.json"]
-    wf = workflow(
-        configs, ckpt_path=ckpt, output_dir=out, solver=setting["solver"], num_steps=setting["num_steps"], **overrides
+    result, wf = generate_and_evaluate(
+        setting["method"], out, ckpt_path=ckpt, solver=setting["solver"], num_steps=setting["num_steps"], **overrides
     )
-    wf.run()
-    result = json.loads((Path(out) / "metrics.json").read_text())
     parser = wf.parser
     network, cases = parser.get_parsed_content("network"), parser.get_parsed_content("cases")
     batch = load_batch(cases[: parser.get_parsed_content("batch_size")], parser.get_parsed_content("transforms"))
     forward = bare_forward_seconds(network, batch, [1, *parser.get_parsed_content("image_size")])
     per_batch = result["seconds_per_sample"] * len(batch["index"])
     result["sampler_overhead"] = per_batch / (result["nfe"] * forward)
-    keys = (*QUALITY, "nfe", "seconds_per_sample", "sampler_overhead", "device")  # the NFE used (adaptive solvers)
+    keys = (*QUALITY, "ci95", "nfe", "seconds_per_sample", "sampler_overhead", "device")  # NFE used (adaptive solvers)
     return {**setting, **{k: result.get(k) for k in keys}}
 
 
@@ -121,21 +128,11 @@ def training_overhead(ckpt_dir: str, iterations: int, overrides: dict) -> dict:
     return {"trainer_seconds_per_iteration": ours, "bare_seconds_per_iteration": bare, "trainer_overhead": ours / bare}
 
 
-def table(rows: list[dict]) -> str:
-    head = ["method", "solver", "steps", "NFE", *QUALITY, "s/sample", "overhead"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        cells = [r["method"], r["solver"], r["num_steps"], r["nfe"], *(r[k] for k in QUALITY)]
-        cells += [r["seconds_per_sample"], r["sampler_overhead"]]
-        lines.append("| " + " | ".join(f"{c:.4g}" if isinstance(c, float) else str(c) for c in cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
 def plot(rows: list[dict], out_dir: str) -> None:
     """Quality against NFE and against seconds per sample, one line per method and solver."""
     for x_key, name in (("nfe", "quality_vs_nfe.png"), ("seconds_per_sample", "quality_vs_seconds.png")):
-        fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-        for ax, metric in zip(axes, ("psnr_paired", "ssim_paired", "mask_dice")):
+        fig, axes = plt.subplots(1, len(PLOTTED), figsize=(13, 3.6))
+        for ax, metric in zip(axes, PLOTTED):
             for key in dict.fromkeys((r["method"], r["solver"]) for r in rows):
                 line = sorted((r[x_key], r[metric]) for r in rows if (r["method"], r["solver"]) == key)
                 if line and line[0][1] is not None:
@@ -153,7 +150,7 @@ def main(
     flow_ckpt: str = str(ROOT / "bundle/models/model.pt"),
     ddpm_ckpt: str = str(ROOT / "bundle/models/model_ddpm.pt"),
     out_dir: str = "results/sampling",
-    nfe: tuple = (1, 2, 4, 10, 20, 50),
+    nfe: tuple = (1, 2, 4, 10),
     ddim_steps: tuple = (10, 50, 250),
     ddpm_steps: int = 1000,
     train_iterations: int = 30,
@@ -164,36 +161,32 @@ def main(
     Args:
         flow_ckpt, ddpm_ckpt: the two models (trained alike; the shipped ones by default).
         out_dir: where results, table and plots go.
-        nfe: flow NFE values (Heun and midpoint run at the even ones).
+        nfe: flow NFE values (midpoint runs at the even ones).
         ddim_steps: DDIM step counts; ddpm_steps: DDPM ancestral steps (0 to skip).
         train_iterations: iterations of the trainer-overhead measurement (the first of each loop is not timed).
         overrides: JSON dict of bundle config overrides (e.g. a datalist or a tiny network for tests).
     """
     extra = json.loads(overrides) if isinstance(overrides, str) else dict(overrides)
+    models = {"flow": flow_ckpt, "ddpm": ddpm_ckpt}
     os.makedirs(out_dir, exist_ok=True)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         cases = workflow(["inference.json", "evaluate.json"], ckpt_path=flow_ckpt, **extra)
         sample_overrides = {"batch_size": len(cases.parser.get_parsed_content("real_cases")), **extra}
         for i, setting in enumerate(settings(nfe, ddim_steps, ddpm_steps)):
-            ckpt = flow_ckpt if setting["method"] == "flow" else ddpm_ckpt
+            ckpt = models[setting["method"]]
             rows.append(sample_and_evaluate(setting, ckpt, os.path.join(tmp, f"run{i}"), sample_overrides))
             print(f"{setting['method']} {setting['solver']} NFE {setting['nfe']}: {rows[-1]['seconds_per_sample']} s")
         training = training_overhead(os.path.join(tmp, "train"), train_iterations, extra)
-    results = {
-        "machine": machine(),
+    record = {
+        **run_info("sampling"),
         "device": rows[0]["device"] if rows else None,
-        "command": " ".join(sys.argv),
+        "models": {name: read_checkpoint(path)["card"].get("provenance", {}) for name, path in models.items()},
         "rows": rows,
         "training": training,
     }
-    with open(os.path.join(out_dir, "results.json"), "w") as f:
-        json.dump(results, f, indent=1)
-    text = table(rows) + "\n" + " | ".join(f"{k}: {v:.4g}" for k, v in training.items()) + "\n"
-    with open(os.path.join(out_dir, "table.md"), "w") as f:
-        f.write(text)
+    publish(record, out_dir, sampling_table)
     plot(rows, out_dir)
-    print(text)
 
 
 if __name__ == "__main__":

@@ -24,22 +24,18 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import tempfile
 from pathlib import Path
 
 import fire
 import torch
+from monai.bundle import ConfigParser, ConfigWorkflow
+from records import ROOT, machine
 
-ROOT = Path(__file__).resolve().parents[1]
+from scripts.checkpoint import save_model
+
 CONFIGS = ROOT / "bundle" / "configs"
 DATA = ROOT / "bundle" / "data"
-sys.path.insert(0, str(ROOT / "bundle"))
-
-from monai.bundle import ConfigParser, ConfigWorkflow  # noqa: E402
-from records import machine  # noqa: E402
-
-from scripts.checkpoint import save_model  # noqa: E402
 
 SIDES = range(32, 513, 16)
 

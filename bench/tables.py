@@ -87,10 +87,257 @@ def model_card_table(record: dict) -> str:
     return "| | |\n|---|---|\n" + "".join(f"| {k} | {v} |\n" for k, v in rows)
 
 
+def ddpm_selection_table(record: dict) -> str:
+    """The DDPM baseline's schedule choice on the validation subjects (see bench/ddpm_selection.py)."""
+    s = record["settings"]
+    lines = [
+        "| noise schedule | prediction | feature FD | KID | mask Dice (real images) | hist W1 | conditional MS-SSIM |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in sorted(record["rows"], key=lambda r: r["metrics"][s["ranked_by"]]):
+        m = row["metrics"]
+        lines.append(
+            f"| {row['noise_schedule']} | {row['prediction_type']} | {_value(m, 'fd_segmenter_features', 3)} "
+            f"| {_value(m, 'kid_segmenter_features', 4)} | {_value(m, 'mask_dice')} ({_value(m, 'mask_dice_real')}) "
+            f"| {_value(m, 'hist_wasserstein', 4)} | {_value(m, 'conditional_ms_ssim')} |"
+        )
+    chosen = record["chosen"]
+    lines += [
+        "",
+        f"Chosen: {chosen['noise_schedule']}, {chosen['prediction_type']} (lowest {s['ranked_by']}). Each candidate "
+        f"trained {record['iterations']} iterations ({s['epochs']} epochs) from scratch, sampled with "
+        f"{s['solver'].upper()} {s['num_steps']} on every {s['case_stride']}th validation slice; {record['machine']}; "
+        f"`{record['command']}`, {record['seconds']} s.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def denoising_table(record: dict) -> str:
+    """The denoising benchmark's table (see bench/denoising.py): PSNR (dB) and SSIM per set, noise and level."""
+    lines = [
+        "| data (intensities) | noise | level | estimated | PSNR noisy | PSNR NL-means | PSNR flow "
+        "| flow - NL-means (dB) | SSIM noisy | SSIM NL-means | SSIM flow |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in record["rows"]:
+        lo, hi = record["sets"][r["data"]]["intensities"]
+        ci = r["psnr_flow_minus_nl-means_ci95"]
+        lines.append(
+            f"| {r['data']} ({lo:.0f}-{hi:.0f}) | {r['noise']} | {r['level']:g} | {r['sigma_estimated']:.3f} "
+            f"| {r['psnr_noisy']:.2f} | {r['psnr_nl-means']:.2f} | {r['psnr_flow']:.2f} "
+            f"| {r['psnr_flow_minus_nl-means']:+.2f} [{ci[0]:+.2f}, {ci[1]:+.2f}] "
+            f"| {r['ssim_noisy']:.3f} | {r['ssim_nl-means']:.3f} | {r['ssim_flow']:.3f} |"
+        )
+    s, sets, model = record["settings"], record["sets"], record["model"]
+    first = next(iter(sets.values()))
+    lines += [
+        "",
+        f"{first['num_cases']} slices of {first['num_series']} test subjects per set (every {s['slice_stride']}th), "
+        "intensities on the model's grid; "
+        f"other units: maximum {s['other_units']['max_intensity']:g}, gamma {s['other_units']['gamma']:g}, bias "
+        f"+-{s['other_units']['bias']:g}; the model card's range {s['card_intensity_range'][0]:g}-"
+        f"{s['card_intensity_range'][1]:g}. Flow: {s['solver']} {s['num_steps']} steps "
+        f"({record['rows'][0]['flow_nfe']} NFE), model of {model['iterations']} iterations; {record['machine']}; "
+        f"`{record['command']}`, {record['seconds']} s.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def sampling_table(record: dict) -> str:
+    """Flow against the DDPM baseline at each sampler setting (see bench/sampling.py), and the headline comparison:
+    flow (Euler) at its largest NFE against DDPM's ancestral sampler."""
+    lines = [
+        "| method | solver | NFE | feature FD | KID | MMD | mask Dice (real images) | hist W1 | conditional MS-SSIM "
+        "| SSIM | PSNR | s / sample |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in record["rows"]:
+        lines.append(
+            f"| {r['method']} | {r['solver']} | {r['nfe']} | {_value(r, 'fd_segmenter_features')} "
+            f"| {_value(r, 'kid_segmenter_features', 4)} | {_value(r, 'mmd')} "
+            f"| {_value(r, 'mask_dice')} ({_value(r, 'mask_dice_real')}) | {_value(r, 'hist_wasserstein', 4)} "
+            f"| {_value(r, 'conditional_ms_ssim')} | {_value(r, 'ssim_paired')} | {_value(r, 'psnr_paired', 2)} "
+            f"| {_value(r, 'seconds_per_sample', 4)} |"
+        )
+    flows = [r for r in record["rows"] if r["method"] == "flow" and r["solver"] == "euler"]
+    ancestral = [r for r in record["rows"] if r["method"] == "ddpm" and r["solver"] == "ddpm"]
+    if flows and ancestral:
+        flow, ddpm = max(flows, key=lambda r: r["nfe"]), ancestral[0]
+        compared = [
+            f"{key} {flow[key]:.3g} vs {ddpm[key]:.3g}"
+            for key in ("fd_segmenter_features", "mask_dice", "hist_wasserstein", "conditional_ms_ssim")
+            if flow.get(key) is not None and ddpm.get(key) is not None
+        ]
+        lines += [
+            "",
+            f"Flow (Euler, {flow['nfe']} NFE) against DDPM (ancestral, {ddpm['nfe']} NFE): "
+            + "; ".join(compared)
+            + f"; {ddpm['seconds_per_sample'] / flow['seconds_per_sample']:.0f}x faster per sample.",
+        ]
+    lines += ["", f"{record['machine']}; `{record['command']}`."]
+    return "\n".join(lines) + "\n"
+
+
+def guidance_table(record: dict) -> str:
+    """The classifier-free guidance sweep (see bench/guidance.py)."""
+    lines = [
+        "| guidance scale | NFE | feature FD | KID | class accuracy (real images) | mask Dice (real images) "
+        "| conditional MS-SSIM | hist W1 | s / sample |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in record["rows"]:
+        m = row["metrics"]
+        lines.append(
+            f"| {row['guidance_scale']:g} | {m['nfe']} | {_value(m, 'fd_segmenter_features')} "
+            f"| {_value(m, 'kid_segmenter_features', 4)} "
+            f"| {_value(m, 'class_accuracy')} ({_value(m, 'class_accuracy_real')}) "
+            f"| {_value(m, 'mask_dice')} ({_value(m, 'mask_dice_real')}) | {_value(m, 'conditional_ms_ssim')} "
+            f"| {_value(m, 'hist_wasserstein', 4)} | {_value(m, 'seconds_per_sample', 4)} |"
+        )
+    s = record["settings"]
+    lines += [
+        "",
+        f"{s['solver']} {s['num_steps']} steps; {record['machine']}; `{record['command']}`, {record['seconds']} s.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def reference_compare_table(record: dict) -> str:
+    """This project against the MOTFM reference code (see bench/reference_compare.py)."""
+    rows, codes = record["rows"], list(record["rows"])
+    measures = ("forward", "step", "bare_step", "sampling")
+    lines = [
+        "| seconds per image (wall / CPU) | " + " | ".join(codes) + " |",
+        "|---|" + "---|" * len(codes),
+    ]
+    for m in measures:
+        cells = [f"{rows[c][m]['median']:.4f} / {rows[c][m]['cpu_median']:.4f}" for c in codes]
+        lines.append(f"| {m.replace('_', ' ')} | " + " | ".join(cells) + " |")
+    pairs = list(dict.fromkeys(k for m in measures for k in record["ratios"].get(m, {})))
+    if pairs:
+        lines += ["", "| ratio: wall of medians [per round] (CPU) | " + " | ".join(pairs) + " |"]
+        lines.append("|---|" + "---|" * len(pairs))
+        for m in measures:
+            cells = []
+            for pair in pairs:
+                r = record["ratios"][m].get(pair)
+                rounds = ", ".join(f"{v:.2f}" for v in r["per_round"]) if r else ""
+                cells.append(f"{r['of_medians']:.2f} [{rounds}] ({r['cpu_of_medians']:.2f})" if r else "-")
+            lines.append(f"| {m.replace('_', ' ')} | " + " | ".join(cells) + " |")
+    phases = record.get("trainer_phases_ms_per_image") or {}
+    if phases:
+        names = list(next(iter(phases.values())))
+        lines += ["", "| this project's trainer, ms per image | " + " | ".join(names) + " |"]
+        lines.append("|---|" + "---|" * len(names))
+        lines += [f"| {c} | " + " | ".join(f"{v[n]:.1f}" for n in names) + " |" for c, v in phases.items()]
+    s = record["settings"]
+    load = record["load_average"]
+    lines += [
+        "",
+        f"Batch {s['batch_size']}, {s['image_size'][0]}x{s['image_size'][1]}, {s['threads']} torch threads"
+        + (f" (OMP_WAIT_POLICY={s['omp_wait_policy']})" if s.get("omp_wait_policy") else "")
+        + ", "
+        f"{s['rounds']} rounds of {s['steps']} steps, sampling at NFE {sorted(set(s['nfe'].values()))}; parameters "
+        + ", ".join(f"{c} {n / 1e6:.2f} M" for c, n in record["parameters"].items())
+        + f"; reference commit {(record.get('reference') or {}).get('commit')}; {record['machine']}; load average "
+        f"{load['start'][0]} at the start, {load['end'][0]} at the end. {record.get('note', '')} "
+        f"`{record['command']}`, {record['seconds']} s.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def gpu_check_table(record: dict) -> str:
+    """The GPU check's tables, one per section with its status (see bench/gpu_check.py)."""
+    sections = record["sections"]
+    lines = [
+        f"{record['machine']}; {record['gpus']} GPU(s), CUDA {record['cuda']}; start-up {record['startup_s']} s, "
+        f"total {record.get('total_s')} s; `{record['command']}`",
+    ]
+
+    def section(name: str, title: str) -> dict:
+        entry = sections.get(name)
+        if entry is None:
+            return {}
+        error = f": {entry['error'][:200]}" if entry.get("error") else ""
+        lines.extend(["", f"**{title}**: {entry['status']} in {entry.get('seconds')} s{error}", ""])
+        return entry["result"]
+
+    r = section("network_2d", "2D mask + class network")
+    if r.get("variants"):
+        peak = r["peak"]
+        lines += [
+            f"{r['parameters'] / 1e6:.2f} M parameters, {r['image_size'][0]}x{r['image_size'][1]}, batch {r['batch']}; "
+            f"{r['flops_per_image']['training_step'] / 1e9:.1f} GFLOP per image per training step (counted); peak "
+            f"bf16 {peak['measured_matmul_tflops']} TFLOP/s measured (matmul), {peak['spec_tflops'] or '-'} datasheet",
+            "",
+            "| variant | forward ms | step ms | training images/s | step TFLOP/s | of measured peak "
+            "| of datasheet peak | first calls s | peak GiB |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {name} | {v['forward_ms']} | {v['step_ms']} | {v['training_images_per_s']} | {v['step_tflops']} "
+            f"| {_percent(v.get('step_fraction_of_measured_peak'))} | {_percent(v.get('step_fraction_of_spec_peak'))} "
+            f"| {v['first_calls_s']} | {v['peak_memory_gib'] or '-'} |"
+            for name, v in r["variants"].items()
+        ]
+    r = section("sampling", "Sampling (Euler, the bundle's FlowSampler)")
+    if r.get("rows"):
+        lines += ["| precision | batch | NFE | ms per image |", "|---|---|---|---|"]
+        lines += [f"| {x['precision']} | {x['batch']} | {x['nfe']} | {x['ms_per_image']} |" for x in r["rows"]]
+    r = section("memory_3d", "3D training memory (mask_3d network, batch 1)")
+    if r.get("measured"):
+        lines += [
+            "| side | checkpointing | step ms (fp32) | max allocated GiB | estimate GiB | estimate / allocated |",
+            "|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {x['side']}^3 | {'yes' if x['checkpointing'] else 'no'} | {x.get('step_ms', 'out of memory')} "
+            f"| {x.get('allocated_gib') or '-'} | {x['estimate_gib']} | {x.get('estimate_over_allocated', '-')} |"
+            for x in r["measured"]
+        ]
+        lines += [""] + [
+            f"Largest cube in bf16 {key}: {v['side']}^3{' (the search cap)' if v.get('capped') else ''}"
+            f"{' (the search stopped for time)' if v.get('stopped_for_time') else ''}."
+            for key, v in r.get("largest_bf16", {}).items()
+        ]
+    r = section("ddp", "DDP (torchrun)")
+    if r.get("losses"):
+        lines.append(
+            f"{r['world_size']} rank(s), {r['backend']}, global batch {r['global_batch']}: losses "
+            f"{[round(v, 5) for v in r['losses']]}, one process {[round(v, 5) for v in r['single_process_losses']]}; "
+            f"largest relative difference {r['max_relative_difference']:.2e} (tolerance {r['tolerance']}): "
+            f"{'match' if r['matches'] else 'NO MATCH'}."
+        )
+    r = section("training", "Training run (train.json)")
+    if r.get("losses"):
+        lines.append(
+            f"{r['iterations']} iterations, batch {r['batch_size']}, {r['image_size'][0]}x{r['image_size'][1]}, AMP "
+            f"{r['amp']}, channels-last {r['channels_last']}: mean loss of the first sixth {r['first_loss_mean']}, of "
+            f"the last {r['last_loss_mean']} ({'falls' if r['loss_falls'] else 'DOES NOT FALL'}); "
+            f"{r['images_per_second']} images/s."
+        )
+    r = section("deploy", "Deploy app, 20-plane SEG study")
+    if r.get("model_only_seconds"):
+        lines.append(
+            f"End to end {r['end_to_end_warm_seconds']} s warm ({r['end_to_end_cold_seconds']} s cold), the model "
+            f"alone {r['model_only_seconds']} s: overhead ratio {r['overhead_ratio']} on {r['device']}."
+        )
+    return "\n".join(lines) + "\n"
+
+
 # block name -> (record file in RECORDS, formatter)
 BLOCKS: dict[str, tuple[str, Callable[[dict], str]]] = {
+    "reference_compare": ("reference_compare.json", reference_compare_table),
+    "reference_compare_1thread": ("reference_compare_1thread.json", reference_compare_table),
+    "gpu_check": ("gpu_check.json", gpu_check_table),
     "generalisation": ("generalisation.json", generalisation_table),
     "model_card": ("generalisation.json", model_card_table),
+    "ddpm_selection": ("ddpm_selection.json", ddpm_selection_table),
+    "denoising": ("denoising.json", denoising_table),
 }
 
 

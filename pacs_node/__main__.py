@@ -20,23 +20,24 @@ import fire
 
 from .config import NodeConfig
 from .node import serve
-from .spool import STATES, Job, Spool
+from .spool import STATES, Spool, SpooledStudy
 
 
-def details(job: Job, now: float) -> str:
-    """One line about a job, from its record (a job the node moves meanwhile shows what is left)."""
-    record = job.record
-    if job.state == "incoming":
-        return f"{len(job.files('input'))} instances, the last {now - (job.path / 'input').stat().st_mtime:.0f} s ago"
-    if job.state == "queue":
+def details(study: SpooledStudy, now: float) -> str:
+    """One line about a study, from its record (a study the node moves meanwhile shows what is left)."""
+    record = study.record
+    if study.state == "incoming":
+        age = now - (study.path / "input").stat().st_mtime
+        return f"{len(study.files('input'))} instances, the last {age:.0f} s ago"
+    if study.state == "queue":
         return f"{record.get('instances')} instances"
-    if job.state == "failed":
+    if study.state == "failed":
         return f"FAILED: {record.get('error')}"
     series = record.get("series", [])
     text = f"{len(series)} series ({sum(s['instances'] for s in series)} instances)"
     if record.get("problems"):
         text += f", {len(record['problems'])} problems: {'; '.join(record['problems'])}"
-    if job.state == "done":
+    if study.state == "done":
         return f"{text}, sent {datetime.fromtimestamp(record.get('sent', 0)):%Y-%m-%d %H:%M:%S}"
     if record.get("attempts"):
         wait = max(0.0, record.get("next_attempt", now) - now)
@@ -54,17 +55,18 @@ class Commands:
     def status(self, config: str, as_json: bool = False) -> str:
         """Every study in the spool, by state, with what happened to it."""
         spool = Spool(NodeConfig.read(config).spool)
-        jobs = {state: spool.jobs(state) for state in STATES}
+        studies = {state: spool.studies(state) for state in STATES}
         if as_json:
-            listing = {s: [{"job": j.name, "study": j.study, **j.record} for j in found] for s, found in jobs.items()}
+            listing = {
+                state: [{"job": s.name, "study": s.uid, **s.record} for s in found] for state, found in studies.items()
+            }
             return json.dumps(listing, indent=1)
         now = time.time()
-        lines = [f"{job.state:9} {job.name}  {details(job, now)}" for found in jobs.values() for job in found]
-        pending = sum(len(jobs[s]) for s in ("incoming", "queue", "outbox"))
-        counts = ", ".join(f"{s} {len(found)}" for s, found in jobs.items())
-        return "\n".join(
-            [*lines, f"{pending} pending, {len(jobs['done'])} done, {len(jobs['failed'])} failed ({counts})"]
-        )
+        lines = [f"{s.state:9} {s.name}  {details(s, now)}" for found in studies.values() for s in found]
+        pending = sum(len(studies[s]) for s in ("incoming", "queue", "outbox"))
+        counts = ", ".join(f"{s} {len(found)}" for s, found in studies.items())
+        done, failed = len(studies["done"]), len(studies["failed"])
+        return "\n".join([*lines, f"{pending} pending, {done} done, {failed} failed ({counts})"])
 
     def retry(self, job: str, config: str) -> str:
         """A failed study back to the queue, a done one back to the outbox, an outbox one due now."""

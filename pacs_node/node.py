@@ -26,7 +26,7 @@ def serve(config: NodeConfig) -> None:
     spool = Spool(config.spool, config.quiet_seconds, config.max_study_mb * 2**20)
     claim = spool.claim()
     spool.clear_scratch()
-    pending = {state: len(spool.jobs(state)) for state in ("incoming", "queue", "outbox")}
+    pending = {state: len(spool.studies(state)) for state in ("incoming", "queue", "outbox")}
     logger.info(f"spool {spool.root}: resuming {pending}; results go to {config.destination}")
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

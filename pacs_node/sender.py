@@ -11,7 +11,7 @@ from pynetdicom import AE
 from pynetdicom.status import code_to_category
 
 from .config import NodeConfig
-from .spool import Job, Spool
+from .spool import Spool, SpooledStudy
 
 logger = logging.getLogger(__name__)
 
@@ -21,38 +21,38 @@ class SendError(Exception):
 
 
 class Sender:
-    """Sends each outbox job's series, the same files every time, so that a send repeated after a failure or a
+    """Sends each outbox study's series, the same files every time, so that a send repeated after a failure or a
     restart gives the destination instances it may already have, under the same UIDs (a PACS keeps one copy).
-    A failed send is retried after ``retry_seconds``, doubling up to ``retry_max_seconds``; the job stays in the
+    A failed send is retried after ``retry_seconds``, doubling up to ``retry_max_seconds``; the study stays in the
     outbox until it is sent or the operator removes it. Once sent, it moves to ``done``."""
 
     def __init__(self, config: NodeConfig, spool: Spool) -> None:
         self.config, self.spool = config, spool
 
     def step(self) -> bool:
-        """Sends the jobs due; False when none was due."""
-        due = [job for job in self.spool.jobs("outbox") if job.record.get("next_attempt", 0) <= time.time()]
-        for job in due:
-            self.attempt(job)
+        """Sends the studies due; False when none was due."""
+        due = [s for s in self.spool.studies("outbox") if s.record.get("next_attempt", 0) <= time.time()]
+        for study in due:
+            self.attempt(study)
         return bool(due)
 
-    def attempt(self, job: Job) -> None:
-        """One attempt at sending the job; records its outcome."""
-        attempts = job.record.get("attempts", 0) + 1
-        files = job.files("output")
+    def attempt(self, study: SpooledStudy) -> None:
+        """One attempt at sending the study's series; records its outcome."""
+        attempts = study.record.get("attempts", 0) + 1
+        files = study.files("output")
         try:
             send(files, self.config)
         except Exception as e:  # SendError, or a file the operator removed meanwhile: try again later
             reason = str(e) if isinstance(e, SendError) else f"{type(e).__name__}: {e}"
             wait = min(self.config.retry_seconds * 2 ** (attempts - 1), self.config.retry_max_seconds)
-            self.spool.update(job, attempts=attempts, next_attempt=time.time() + wait, last_error=reason)
+            self.spool.update(study, attempts=attempts, next_attempt=time.time() + wait, last_error=reason)
             logger.warning(
-                f"study {job.study}: sending to {self.config.destination} failed (attempt {attempts}): {reason}; "
+                f"study {study.uid}: sending to {self.config.destination} failed (attempt {attempts}): {reason}; "
                 f"next attempt in {wait:g} s"
             )
             return
-        self.spool.move(job, "done", attempts=attempts, sent=time.time(), next_attempt=None, last_error=None)
-        logger.info(f"study {job.study}: {len(files)} instances sent to {self.config.destination}")
+        self.spool.move(study, "done", attempts=attempts, sent=time.time(), next_attempt=None, last_error=None)
+        logger.info(f"study {study.uid}: {len(files)} instances sent to {self.config.destination}")
 
 
 def send(files: list[Path], config: NodeConfig) -> None:

@@ -93,8 +93,9 @@ def rename(source: Path, target: Path) -> None:
 
 
 @dataclass(frozen=True)
-class Job:
-    """A study's folder in the spool."""
+class SpooledStudy:
+    """A study's folder in the spool: its name is the job name the commands take (the incoming study's UID while
+    it is received), the folder it is in its state."""
 
     path: Path
 
@@ -107,12 +108,13 @@ class Job:
         return self.path.parent.name
 
     @property
-    def study(self) -> str:
+    def uid(self) -> str:
+        """Its Study Instance UID."""
         return self.name.rpartition("_")[2]
 
     @property
     def record(self) -> dict[str, Any]:
-        """What happened to the job (job.json), or {} before it has one."""
+        """What happened to the study (job.json), or {} before it has one."""
         file = self.path / "job.json"
         return json.loads(file.read_text()) if file.is_file() else {}
 
@@ -132,7 +134,7 @@ class Spool:
             (self.root / name).mkdir(parents=True, exist_ok=True)
         self.lock = threading.Lock()
         self.opened = time.time()  # a restart gives every incoming study a full quiet time to be completed
-        self.sizes = {job.study: sum(p.stat().st_size for p in job.files("input")) for job in self.jobs("incoming")}
+        self.sizes = {s.uid: sum(p.stat().st_size for p in s.files("input")) for s in self.studies("incoming")}
 
     @property
     def tmp(self) -> Path:
@@ -159,15 +161,15 @@ class Spool:
             shutil.rmtree(folder)
             folder.mkdir()
 
-    def jobs(self, state: str) -> list[Job]:
-        """The jobs in ``state``, oldest first."""
-        return [Job(p) for p in sorted((self.root / state).iterdir()) if p.is_dir()]
+    def studies(self, state: str) -> list[SpooledStudy]:
+        """The studies in ``state``, oldest first."""
+        return [SpooledStudy(p) for p in sorted((self.root / state).iterdir()) if p.is_dir()]
 
-    def find(self, name: str) -> Job:
-        """The job (or incoming study) named ``name``, in whatever state it is."""
+    def find(self, name: str) -> SpooledStudy:
+        """The study whose job (or, incoming, whose UID) is ``name``, in whatever state it is."""
         for state in STATES:
             if (self.root / state / name).is_dir():
-                return Job(self.root / state / name)
+                return SpooledStudy(self.root / state / name)
         raise ValueError(f"no job {name!r} in spool {self.root}")
 
     # receiving
@@ -195,11 +197,11 @@ class Spool:
             self.sizes[study] = size
         return path
 
-    def seal_quiet(self) -> list[Job]:
+    def seal_quiet(self) -> list[SpooledStudy]:
         """Moves the incoming studies quiet for ``quiet_seconds`` to ``queue`` (``failed`` if refused)."""
         sealed, now = [], time.time()
         with self.lock:
-            for study in self.jobs("incoming"):
+            for study in self.studies("incoming"):
                 if now - max((study.path / "input").stat().st_mtime, self.opened) < self.quiet_seconds:
                     continue
                 instances = len(study.files("input"))
@@ -212,33 +214,33 @@ class Spool:
                 state = "failed" if refused.is_file() else "queue"
                 rename(study.path, self.root / state / name)
                 self.sizes.pop(study.name, None)
-                sealed.append(Job(self.root / state / name))
+                sealed.append(SpooledStudy(self.root / state / name))
                 logger.info(f"study {study.name}: complete with {instances} instances, {state} as {name}")
         return sealed
 
     # the states after receiving
 
-    def write_record(self, job: Job, record: dict[str, Any]) -> None:
-        write_file(job.path / "job.json", json.dumps(record, indent=1).encode(), self.tmp)
+    def write_record(self, study: SpooledStudy, record: dict[str, Any]) -> None:
+        write_file(study.path / "job.json", json.dumps(record, indent=1).encode(), self.tmp)
 
-    def update(self, job: Job, **values: Any) -> dict[str, Any]:
-        """Adds ``values`` to the job's record (None removes a key); returns the record."""
-        record = {k: v for k, v in {**job.record, **values}.items() if v is not None}
-        self.write_record(job, record)
+    def update(self, study: SpooledStudy, **values: Any) -> dict[str, Any]:
+        """Adds ``values`` to the study's record (None removes a key); returns the record."""
+        record = {k: v for k, v in {**study.record, **values}.items() if v is not None}
+        self.write_record(study, record)
         return record
 
-    def move(self, job: Job, state: str, **values: Any) -> Job:
-        """Records ``values``, then moves the job to ``state``."""
+    def move(self, study: SpooledStudy, state: str, **values: Any) -> SpooledStudy:
+        """Records ``values``, then moves the study to ``state``."""
         if values:
-            self.update(job, **values)
-        target = self.root / state / job.name
-        rename(job.path, target)
-        return Job(target)
+            self.update(study, **values)
+        target = self.root / state / study.name
+        rename(study.path, target)
+        return SpooledStudy(target)
 
-    def remove(self, job: Job) -> None:
-        """Deletes a job (the operator's choice): renamed into work/ first, so it is gone at once."""
+    def remove(self, study: SpooledStudy) -> None:
+        """Deletes a study (the operator's choice): renamed into work/ first, so it is gone at once."""
         trash = self.work / f"removed-{uuid.uuid4().hex}"
         with self.lock:
-            rename(job.path, trash)
-            self.sizes.pop(job.name, None)
+            rename(study.path, trash)
+            self.sizes.pop(study.name, None)
         shutil.rmtree(trash)

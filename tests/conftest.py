@@ -1,9 +1,8 @@
-"""Shared test fixtures: the bundle on sys.path, the data built once, a bundle runner, tiny networks."""
+"""Shared test fixtures: the data built once, a bundle runner, tiny networks."""
 
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +14,6 @@ from monai.handlers import from_engine
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "bundle"
 CONFIGS = BUNDLE / "configs"
-sys.path.insert(0, str(BUNDLE))
 
 # a UNet small enough for CPU tests; the structure (levels, attention, ControlNet/SPADE) is the real one
 TINY = {
@@ -23,6 +21,7 @@ TINY = {
     "unet#attention_levels": [False, True],
     "unet#num_head_channels": 8,
     "unet#norm_num_groups": 4,
+    "classifier_path": "",  # the shipped classifier reads 64 x 64 images: no class accuracy for tiny models
 }
 TINY_2D = {**TINY, "image_size": [16, 16]}
 TINY_3D = {**TINY, "image_size": [16, 16, 16]}
@@ -158,9 +157,35 @@ def segmenter(tmp_path_factory, small_datalist) -> str:
 
 
 @pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """One CPU thread for a module's tests (``pytestmark = pytest.mark.usefixtures("one_thread")``): the test
+    machine is shared, and tiny networks gain nothing from more."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def classifier(tmp_path_factory, small_datalist) -> str:
+    """A tiny axial-level classifier trained on the small real training split, saved as a model file."""
+    from scripts import downstream
+    from scripts.data import load_cases, percentile_range
+
+    cases = load_cases(str(small_datalist), "training", use_mask=True, num_classes=3)
+    rng = percentile_range(cases)
+    net = downstream.train("classifier", cases, [16, 16], 3, rng, iterations=6, batch_size=4)
+    path = str(tmp_path_factory.mktemp("cls") / "classifier.pt")
+    downstream.save(path, "classifier", net, [16, 16], 3, rng)
+    return path
+
+
+@pytest.fixture(scope="module")
 def volumes(data_dir: Path):
     """A test subject's 3D image and label volumes (nibabel images), to write DICOM studies from."""
-    from pacs_fixtures import load_volumes
+    from testbed.studies import load_volumes
 
     return load_volumes(data_dir)
 
@@ -168,10 +193,10 @@ def volumes(data_dir: Path):
 @pytest.fixture(scope="module")
 def model(tmp_path_factory) -> Path:
     """A folder holding a tiny bundle (32 x 32, 2 Euler steps), as a packaged app's model folder."""
-    from deploy_fixtures import make_bundle
+    from testbed.bundles import make_bundle, tiny_deploy
 
     folder = tmp_path_factory.mktemp("models")
-    make_bundle(folder / "motfm")
+    make_bundle(folder / "motfm", tiny_deploy())
     return folder
 
 

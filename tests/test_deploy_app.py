@@ -7,6 +7,7 @@ volume, and validated with dciodvfy (dicom3tools).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -17,14 +18,16 @@ from types import SimpleNamespace
 import numpy as np
 import pydicom
 import pytest
-from deploy_fixtures import BUNDLE_VERSION, ROOT, make_bundle, study_header, write_enhanced, write_mr_series, write_seg
 from pydicom.data import get_testdata_file
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage
 
-APP = ROOT / "deploy_app"
-sys.path.insert(0, str(APP))
+from motfm_deploy.images import read_planes
+from testbed import ROOT
+from testbed.bundles import BUNDLE_VERSION
+from testbed.studies import study_header, write_enhanced, write_file_set, write_mr_series, write_seg
 
-from motfm_deploy.images import read_planes  # noqa: E402
+APP = ROOT / "deploy_app"
+
 
 # every attribute a synthesized MR image from the fixture series has: nothing else may be carried over
 SYNTHESIZED_MR = set(
@@ -67,7 +70,13 @@ def digests(folder: Path) -> dict[str, str]:
 
 def output_series(folder: Path) -> dict[str, list[pydicom.Dataset]]:
     """The output folder's series (by folder name), instances in file order."""
-    return {d.name: [pydicom.dcmread(f) for f in sorted(d.iterdir())] for d in sorted(folder.iterdir())}
+    return {d.name: [pydicom.dcmread(f) for f in sorted(d.iterdir())] for d in sorted(folder.iterdir()) if d.is_dir()}
+
+
+def run_report(output: Path) -> dict:
+    """The run report the app wrote into its output folder (nothing else is there but the series)."""
+    assert sorted(p.name for p in output.iterdir() if not p.is_dir()) == ["motfm_run.json"]
+    return json.loads((output / "motfm_run.json").read_text())
 
 
 def dciodvfy_errors(path: Path) -> list[str]:
@@ -84,21 +93,13 @@ def floats(values) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory) -> Path:
-    """A folder holding one tiny bundle, laid out as a packaged app's model folder."""
-    folder = tmp_path_factory.mktemp("models")
-    make_bundle(folder / "motfm")
-    return folder
-
-
-@pytest.fixture(scope="module")
-def synthesis(tmp_path_factory, volumes, models) -> SimpleNamespace:
+def synthesis(tmp_path_factory, volumes, model) -> SimpleNamespace:
     """An MR study with a DICOM SEG of its tissues: the app synthesizes (chosen from the input)."""
     base = tmp_path_factory.mktemp("synthesis")
     source = write_mr_series(base / "in" / "t1", volumes[0], study_header(), num_slices=8)
     seg = write_seg(base / "in" / "seg" / "seg.dcm", source, volumes[1])
     before = digests(base / "in")
-    result = run_app(["-i", str(base / "in"), "-o", str(base / "out"), "-m", str(models / "motfm")])
+    result = run_app(["-i", str(base / "in"), "-o", str(base / "out"), "-m", str(model / "motfm")])
     return SimpleNamespace(base=base, source=source, seg=seg, before=before, result=result)
 
 
@@ -106,8 +107,15 @@ def test_synthesis_writes_one_complete_series(synthesis):
     assert synthesis.result.returncode == 0, synthesis.result.stderr[-3000:]
     (series,) = output_series(synthesis.base / "out").values()
     assert len(series) == len(synthesis.source)
-    assert [p.name for p in (synthesis.base / "out").iterdir()] == [series[0].SeriesInstanceUID]
+    uid = series[0].SeriesInstanceUID
+    assert [p.name for p in (synthesis.base / "out").iterdir() if p.is_dir()] == [uid]
     assert digests(synthesis.base / "in") == synthesis.before  # inputs untouched
+    report = run_report(synthesis.base / "out")
+    assert (report["exit_status"], report["error"], report["problems"]) == (0, None, [])
+    (written,) = report["series"]
+    assert written["series_instance_uid"] == uid and written["study_instance_uid"] == series[0].StudyInstanceUID
+    assert (written["task"], written["instances"]) == ("synthesize", len(series))
+    assert Path(written["path"]) == synthesis.base / "out" / uid and str(synthesis.seg.filename) in written["source"]
 
 
 def test_synthesis_attributes(synthesis):
@@ -155,7 +163,7 @@ def test_synthesis_geometry_round_trips(synthesis):
 
     load = LoadImage(reader="PydicomReader", image_only=True)
     source = load(str(synthesis.base / "in" / "t1"))
-    (folder,) = (synthesis.base / "out").iterdir()
+    (folder,) = [p for p in (synthesis.base / "out").iterdir() if p.is_dir()]
     output = load(str(folder))
     assert output.shape == source.shape
     np.testing.assert_allclose(np.asarray(output.affine), np.asarray(source.affine), atol=1e-4)
@@ -167,7 +175,7 @@ def test_synthesis_passes_dciodvfy(synthesis):
 
 
 @pytest.fixture(scope="module")
-def denoising(tmp_path_factory, volumes, models) -> SimpleNamespace:
+def denoising(tmp_path_factory, volumes, model) -> SimpleNamespace:
     """Real-world image series, forced to denoising through the environment (a SEG present is ignored): an oblique,
     unevenly spaced MR series, a legacy converted enhanced MR object, and pydicom's CT (uncompressed), oblique CT
     (JPEG 2000) and MR (JPEG-LS) files. Paths come from the HOLOSCAN_* variables."""
@@ -188,8 +196,9 @@ def denoising(tmp_path_factory, volumes, models) -> SimpleNamespace:
     env = {
         "HOLOSCAN_INPUT_PATH": str(base / "in"),
         "HOLOSCAN_OUTPUT_PATH": str(base / "out"),
-        "HOLOSCAN_MODEL_PATH": str(models),
+        "HOLOSCAN_MODEL_PATH": str(model),
         "MOTFM_TASK": "denoise",
+        "MOTFM_RUN_REPORT": str(base / "report.json"),
     }
     return SimpleNamespace(base=base, sources=sources, result=run_app([], env))
 
@@ -200,6 +209,10 @@ def test_denoising_keeps_geometry_and_units(denoising):
     assert denoising.result.returncode == 0, denoising.result.stderr[-3000:]
     outputs = output_series(denoising.base / "out")
     assert len(outputs) == len(denoising.sources) == 5
+    report = json.loads((denoising.base / "report.json").read_text())  # where MOTFM_RUN_REPORT says
+    assert sorted(s["series_instance_uid"] for s in report["series"]) == sorted(outputs)
+    assert {s["task"] for s in report["series"]} == {"denoise"} and report["exit_status"] == 0
+    assert not (denoising.base / "out" / "motfm_run.json").exists()
     for series in outputs.values():
         source_uid = series[0].ReferencedSeriesSequence[0].SeriesInstanceUID
         planes = read_planes(denoising.sources[source_uid])
@@ -234,12 +247,15 @@ def test_denoising_passes_dciodvfy(denoising):
         assert dciodvfy_errors(path) == [], path
 
 
-def test_bad_input_is_reported_and_loses_nothing(tmp_path, volumes, models):
+def test_bad_input_is_reported_and_loses_nothing(tmp_path, volumes, model):
     """A run with a good study among bad input: every problem is reported naming its file and ends the run in
-    error, the good study's series is still written (whole), nothing partial is left, and no input changes."""
+    error, the good study's series is still written (whole), nothing partial is left, and no input changes. The
+    good study comes as a File-set (as on a CD): its DICOMDIR is skipped with a warning, its files are read. The
+    run report lists the series and each problem with its files."""
     inputs = tmp_path / "in"
-    good = write_mr_series(inputs / "good", volumes[0], study_header(), num_slices=3)
-    write_seg(inputs / "good" / "seg.dcm", good, volumes[1])
+    good = write_mr_series(tmp_path / "good", volumes[0], study_header(), num_slices=3)
+    write_seg(tmp_path / "good" / "seg.dcm", good, volumes[1])
+    dicomdir = write_file_set(sorted((tmp_path / "good").rglob("*")), inputs / "cd")
     data = {name: get_testdata_file(name, download=False) for name in ("liver_1frame.dcm", "MR_truncated.dcm")}
     data["reportsi.dcm"] = get_testdata_file("reportsi.dcm", download=False)  # a study with only a report
     for name, path in data.items():
@@ -249,7 +265,7 @@ def test_bad_input_is_reported_and_loses_nothing(tmp_path, volumes, models):
     (inputs / "cut_ct.dcm").write_bytes(ct[: ct.rindex(b"\xe0\x7f\x10\x00")])  # a transfer cut before the pixels
     (inputs / "garbage.dcm").write_bytes(b"\0" * 128 + b"DICM" + bytes(range(256)) * 3)
     before = digests(inputs)
-    result = run_app(["-i", str(inputs), "-o", str(tmp_path / "out"), "-m", str(models)])
+    result = run_app(["-i", str(inputs), "-o", str(tmp_path / "out"), "-m", str(model)])
     log = result.stdout + result.stderr
     assert result.returncode == 1
     assert "5 input problems (1 series written)" in log
@@ -259,15 +275,25 @@ def test_bad_input_is_reported_and_loses_nothing(tmp_path, volumes, models):
     assert f"{inputs / 'garbage.dcm'}: not a usable DICOM instance" in log
     assert "has no CT or MR image series to denoise" in log and str(inputs / "reportsi.dcm") in log
     assert f"{inputs / 'README.txt'}: not a DICOM file, skipped" in log
+    assert f"{dicomdir}: a DICOMDIR, skipped" in log
     (series,) = output_series(tmp_path / "out").values()
     assert len(series) == 3 and series[0].SyntheticData == "YES"
-    assert [p.name for p in (tmp_path / "out").iterdir()] == [series[0].SeriesInstanceUID]  # no staging left
+    assert [p.name for p in (tmp_path / "out").iterdir() if p.is_dir()] == [series[0].SeriesInstanceUID]  # no staging
     assert digests(inputs) == before
+    report = run_report(tmp_path / "out")
+    assert report["exit_status"] == 1 and report["error"].startswith("5 input problems (1 series written):")
+    assert [s["series_instance_uid"] for s in report["series"]] == [series[0].SeriesInstanceUID]
+    problems = {Path(p["files"][0]).name: p for p in report["problems"]}
+    assert sorted(problems) == ["MR_truncated.dcm", "cut_ct.dcm", "garbage.dcm", "liver_1frame.dcm", "reportsi.dcm"]
+    for name, problem in problems.items():
+        assert problem["files"] == [str(inputs / name)] and str(inputs / name) in problem["message"]
 
 
-def test_empty_input_is_an_error(tmp_path, models):
+def test_empty_input_is_an_error(tmp_path, model):
     (tmp_path / "in").mkdir()
-    result = run_app(["-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "-m", str(models)])
+    result = run_app(["-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "-m", str(model)])
     assert result.returncode == 1
-    assert f"no DICOM study in input folder {tmp_path / 'in'}: {tmp_path / 'in'} holds no files" in result.stderr
-    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    error = f"no DICOM study in input folder {tmp_path / 'in'}: {tmp_path / 'in'} holds no files"
+    assert error in result.stderr
+    report = run_report(tmp_path / "out")  # and nothing else
+    assert report == {"exit_status": 1, "error": error, "series": [], "problems": []}

@@ -5,31 +5,29 @@ from __future__ import annotations
 
 import copy
 import json
-import sys
+import logging
 from pathlib import Path
 
 import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
-from deploy_fixtures import ROOT, write_enhanced, write_mr_series, write_seg
+from monai.deploy.core import Fragment
+from monai.deploy.operators.dicom_series_selector_operator import DICOMSeriesSelectorOperator
 from pydicom.data import get_testdata_file
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
-sys.path.insert(0, str(ROOT / "deploy_app"))
-
-from monai.deploy.core import Fragment  # noqa: E402
-from monai.deploy.operators.dicom_series_selector_operator import DICOMSeriesSelectorOperator  # noqa: E402
-
-from app import selection_rules, task_setting  # noqa: E402
-from motfm_deploy.header import copy_valid, valid  # noqa: E402
-from motfm_deploy.images import InputError, read_planes  # noqa: E402
-from motfm_deploy.labels import LabelMap  # noqa: E402
-from motfm_deploy.model import plane_tensor, to_planes  # noqa: E402
-from operators.seg_reader import SegReaderOperator  # noqa: E402
-from operators.study_loader import StudyLoaderOperator  # noqa: E402
+from app import selection_rules, task_setting
+from motfm_deploy.header import copy_valid, valid
+from motfm_deploy.images import InputError, read_planes
+from motfm_deploy.labels import LabelMap
+from motfm_deploy.model import plane_tensor, to_planes
+from motfm_deploy.report import Problem
+from operators.seg_reader import SegReaderOperator
+from operators.study_loader import StudyLoaderOperator
+from testbed.studies import study_header, write_enhanced, write_file_set, write_mr_series, write_seg
 
 
 def pydicom_file(name: str) -> pydicom.Dataset:
@@ -39,8 +37,6 @@ def pydicom_file(name: str) -> pydicom.Dataset:
 @pytest.fixture(scope="module")
 def study(tmp_path_factory, volumes) -> Path:
     """One MR study on disk: an axial series and a SEG of its tissues."""
-    from deploy_fixtures import study_header
-
     folder = tmp_path_factory.mktemp("study")
     source = write_mr_series(folder / "t1", volumes[0], study_header(), num_slices=4)
     write_seg(folder / "seg.dcm", source, volumes[1])
@@ -79,8 +75,6 @@ def test_ct_planes_are_in_hounsfield_units():
 
 def test_enhanced_multiframe_has_per_frame_geometry(tmp_path, volumes):
     """A legacy converted enhanced MR object gives the planes of the classic series it was made from."""
-    from deploy_fixtures import study_header
-
     classic = write_mr_series(tmp_path / "classic", volumes[0], study_header(), num_slices=4, tilt_degrees=10)
     enhanced = write_enhanced(tmp_path / "enhanced.dcm", classic)
     planes, frames = read_planes(classic), read_planes([enhanced])
@@ -92,8 +86,6 @@ def test_enhanced_multiframe_has_per_frame_geometry(tmp_path, volumes):
 
 
 def test_oblique_uneven_stack_is_sorted_along_its_normal(tmp_path, volumes):
-    from deploy_fixtures import study_header
-
     gaps = [2.0, 3.5, 2.5]
     datasets = write_mr_series(tmp_path, volumes[0], study_header(), num_slices=4, tilt_degrees=25, gaps=gaps)
     planes = read_planes([pydicom.dcmread(p) for p in sorted(tmp_path.iterdir())])  # shuffled file names
@@ -155,7 +147,18 @@ def test_loader_keeps_good_files_and_names_bad_ones(tmp_path, study):
     assert len(studies) == 1 and len(studies[0].get_all_series()) == 2
     assert sum(len(s.get_sop_instances()) for s in studies[0].get_all_series()) == 5
     missing = "SOPClassUID, SOPInstanceUID, StudyInstanceUID, SeriesInstanceUID"
-    assert failures == [f"{folder / 'garbage.dcm'}: not a usable DICOM instance (no {missing})"]
+    garbage = str(folder / "garbage.dcm")
+    assert failures == [Problem([garbage], f"{garbage}: not a usable DICOM instance (no {missing})")]
+
+
+def test_loader_skips_a_dicomdir_and_reads_the_files_it_indexes(tmp_path, study, caplog):
+    """A File-set as on a patient's CD: its DICOMDIR is skipped with a warning naming it, its files are read."""
+    dicomdir = write_file_set(sorted(p for p in study.rglob("*") if p.is_file()), tmp_path / "cd")
+    with caplog.at_level(logging.WARNING):
+        studies, failures = load(tmp_path / "cd")
+    assert failures == []
+    assert len(studies) == 1 and sum(len(s.get_sop_instances()) for s in studies[0].get_all_series()) == 5
+    assert f"{dicomdir}: a DICOMDIR, skipped" in caplog.text
 
 
 def test_loader_refuses_input_without_dicom(tmp_path):
@@ -188,6 +191,7 @@ def test_task_choice(study, tmp_path):
     assert [j.task for j in plan(study_without_seg)] == ["denoise"]
     (job,) = plan(study_without_seg, task="synthesize")
     assert job.error.endswith("no DICOM SEG to synthesize from") and str(study_without_seg) in job.error
+    assert sorted(job.files) == sorted(str(p) for p in study_without_seg.iterdir())  # its problem's files
 
 
 def test_task_setting_from_the_environment(monkeypatch):
@@ -219,6 +223,7 @@ def test_seg_problems_are_clear_errors(study, tmp_path, volumes):
 
     (job,) = plan(seg_variant(study, tmp_path / "shifted", volumes, shift))
     assert job.error.startswith(f"{tmp_path / 'shifted' / 'seg.dcm'}: mismatched geometry: its frame")
+    assert sorted(job.files) == sorted(str(p) for p in (tmp_path / "shifted").iterdir())  # the SEG and its source
     (job,) = plan(seg_variant(study, tmp_path / "empty", volumes, empty=True))
     assert job.error.startswith(f"{tmp_path / 'empty' / 'seg.dcm'}: its segments mapped to model labels are empty")
     liver = ((1, "Liver", codes.SCT.Liver),)
@@ -228,6 +233,7 @@ def test_seg_problems_are_clear_errors(study, tmp_path, volumes):
     (missing / "liver.dcm").write_bytes(Path(get_testdata_file("liver_1frame.dcm", download=False)).read_bytes())
     (job,) = plan(missing)
     assert job.error.startswith(f"{missing / 'liver.dcm'}: its source series") and "is not in the input" in job.error
+    assert job.files == [str(missing / "liver.dcm")]
 
 
 def test_segments_map_by_code_else_by_label(study, tmp_path, volumes):
@@ -251,8 +257,6 @@ def test_segments_map_by_code_else_by_label(study, tmp_path, volumes):
 
 def test_selection_rules_choose_series(study, tmp_path, monkeypatch, volumes):
     """Rules in the SDK selector's format, from the file MOTFM_SELECTION_RULES names."""
-    from deploy_fixtures import study_header
-
     write_mr_series(tmp_path / "in" / "a", volumes[0], study_header(), num_slices=2, description="t1 axial")
     write_mr_series(tmp_path / "in" / "b", volumes[0], study_header(), num_slices=2, description="localizer")
     rules = tmp_path / "rules.json"

@@ -5,33 +5,28 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 
 import numpy as np
 import pytest
 import torch
-from deploy_fixtures import BUNDLE_VERSION, ROOT, make_bundle, study_header, write_mr_series, write_seg
+from monai.bundle import ConfigParser
+from monai.deploy.core.domain.dicom_series import DICOMSeries
 
-sys.path.insert(0, str(ROOT / "deploy_app"))
+from conftest import error_text
+from motfm_deploy.images import read_planes
+from motfm_deploy.jobs import Job
+from motfm_deploy.labels import LabelMap
+from motfm_deploy.model import Bundle, find_bundle
+from operators.denoise import denoise
+from operators.seg_reader import synthesis_job
+from operators.synthesis import axial_levels, class_rule, synthesize
+from testbed import ROOT
+from testbed.bundles import BUNDLE, BUNDLE_VERSION, make_bundle, tiny_deploy
+from testbed.studies import study_header, write_mr_series, write_seg
 
-from monai.deploy.core.domain.dicom_series import DICOMSeries  # noqa: E402
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-from motfm_deploy.images import read_planes  # noqa: E402
-from motfm_deploy.jobs import Job  # noqa: E402
-from motfm_deploy.labels import LabelMap  # noqa: E402
-from motfm_deploy.model import Bundle, find_bundle  # noqa: E402
-from operators.denoise import denoise  # noqa: E402
-from operators.seg_reader import synthesis_job  # noqa: E402
-from operators.synthesis import axial_levels, synthesize  # noqa: E402
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One CPU thread: the test machine is shared, and tiny networks gain nothing from more."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+AXIAL_LEVELS = {"rule": "axial_level", "names": ["inferior third", "middle third", "superior third"]}
 
 
 @pytest.fixture(scope="module")
@@ -49,12 +44,14 @@ def job(tmp_path_factory, volumes) -> Job:
 
 @pytest.fixture(scope="module")
 def bundle_2d(tmp_path_factory) -> Bundle:
-    return Bundle(make_bundle(tmp_path_factory.mktemp("b2") / "motfm"))
+    return Bundle(make_bundle(tmp_path_factory.mktemp("b2") / "motfm", tiny_deploy()))
 
 
 @pytest.fixture(scope="module")
 def bundle_3d(tmp_path_factory) -> Bundle:
-    return Bundle(make_bundle(tmp_path_factory.mktemp("b3") / "motfm", (16, 16, 16), "mask_3d", num_steps=1))
+    return Bundle(
+        make_bundle(tmp_path_factory.mktemp("b3") / "motfm", tiny_deploy((16, 16, 16), "mask_3d", num_steps=1))
+    )
 
 
 def test_find_bundle(tmp_path, bundle_2d):
@@ -100,6 +97,70 @@ def test_axial_levels(job):
     for plane in sagittal:
         plane.column_cosine = np.array([0.0, 0, -1])
     assert axial_levels(sagittal, job.labels) == [None] * 5
+
+
+def test_model_cards_declare_what_their_classes_mean():
+    """Training writes the config's ``classes`` into the card (the default data's: axial levels); a model without
+    classes keeps none; names of another number of classes than the network's are refused (the CAMUS command of
+    bundle/docs/datasets.md gives its own)."""
+
+    def card(variant: str = "mask_class_2d", **overrides) -> dict:
+        parser = ConfigParser()
+        parser.read_config([str(BUNDLE / "configs" / c) for c in ("train.json", f"variants/{variant}.json")])
+        parser.update({"train#intensity_range": [0.0, 900.0], **overrides})
+        return parser.get_parsed_content("card").state_dict()
+
+    assert card()["classes"] == card("class_2d")["classes"] == AXIAL_LEVELS
+    assert card("mask_2d")["classes"] is None
+    with pytest.raises((RuntimeError, ValueError)) as excinfo:
+        card(num_classes=4)
+    assert "classes declares 3 class names" in error_text(excinfo) and "a network of 4 classes" in error_text(excinfo)
+    camus = {"names": ["2CH_ED", "2CH_ES", "4CH_ED", "4CH_ES"]}
+    assert card(num_classes=4, classes=camus)["classes"] == camus
+
+
+def with_card_classes(bundle: Bundle, folder, classes=None, drop: bool = False, deploy: dict | None = None) -> Bundle:
+    """A copy of ``bundle`` whose model file's card declares ``classes`` (``drop``: has no such entry, as files
+    written before cards declared them), with ``deploy`` added to its configs/deploy.json."""
+    root = shutil.copytree(bundle.path, folder, symlinks=True)
+    file = root / "models" / "model.pt"
+    state = torch.load(file, weights_only=True)
+    if drop:
+        del state["card"]["classes"]
+    else:
+        state["card"]["classes"] = classes
+    torch.save(state, file)
+    config = json.loads((root / "configs" / "deploy.json").read_text())
+    (root / "configs" / "deploy.json").write_text(json.dumps({**config, **(deploy or {})}))
+    return Bundle(root)
+
+
+def test_class_models_need_a_class_rule_the_app_knows(tmp_path, job, bundle_2d):
+    """The app gives a class model the classes of the rule its card declares; a file without a declaration takes
+    the bundle config's; a card that declares none, or a rule the app does not know, is refused naming the file."""
+    assert bundle_2d.model.classes == AXIAL_LEVELS and class_rule(bundle_2d.model) is axial_levels
+    older = with_card_classes(bundle_2d, tmp_path / "older", drop=True).model
+    assert older.classes == AXIAL_LEVELS and synthesize(older, job).details == "axial level classes [0, 1, 2]"
+    refused = {
+        "declares no rule for its classes": with_card_classes(bundle_2d, tmp_path / "none"),
+        "declares no rule": with_card_classes(bundle_2d, tmp_path / "old", drop=True, deploy={"classes": None}),
+        "names the class rule 'view_phase'": with_card_classes(
+            bundle_2d, tmp_path / "views", {"rule": "view_phase", "names": ["2CH", "4CH", "other"]}
+        ),
+        "'axial_level', which gives 3 classes, for a model of 5 classes": Bundle(
+            make_bundle(tmp_path / "five", {**tiny_deploy(), "num_classes": 5, "classes": {"rule": "axial_level"}})
+        ),
+    }
+    for message, bundle in refused.items():
+        with pytest.raises(ValueError, match=message) as excinfo:
+            synthesize(bundle.model, job)
+        assert str(excinfo.value).startswith(f"model file {bundle.path / 'models' / 'model.pt'}: ")
+
+
+def test_the_shipped_model_declares_its_classes_through_the_bundle_config():
+    """bundle/models/model.pt, whose card may predate class declarations, gets the axial levels."""
+    model = Bundle(ROOT / "bundle").model
+    assert model.num_classes == 3 and model.classes == AXIAL_LEVELS and class_rule(model) is axial_levels
 
 
 def test_synthesis_2d_is_reproducible_on_the_source_grid(job, bundle_2d):

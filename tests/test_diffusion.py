@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from scripts.flow import DDPM_SCHEDULE, DDPMPath
-from scripts.sampler import DiffusionSampler, FlowSampler
+from scripts.diffusion import DDPM_SCHEDULE, DDPMPath, DiffusionSampler
+from scripts.sampler import FlowSampler
 
 
 class Oracle(nn.Module):

@@ -4,13 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 
-from conftest import ROOT
-
-sys.path.insert(0, str(ROOT / "bench"))
-
-from tables import RECORDS, render, stale_blocks  # noqa: E402
+from tables import RECORDS, render, stale_blocks
 
 
 def test_documented_tables_match_their_records():

@@ -44,6 +44,7 @@ def test_evaluate_skips_what_it_cannot_compute(data_dir, small_datalist, tiny_mo
     values = json.loads((out / "metrics.json").read_text())
     assert values["mask_dice"] is values["fd_segmenter_features"] is None
     assert "train_segmenter.json" in values["skipped"]["segmenter"]
+    assert values["class_accuracy"] is None and "train_classifier.json" in values["skipped"]["class_accuracy"]
 
 
 def test_unconditional_evaluation_has_no_paired_metrics(data_dir, small_datalist, tmp_path):
@@ -136,7 +137,10 @@ def test_denoising_benchmark_table(data_dir, small_datalist, tiny_model, tmp_pat
     )
     wf.initialize()
     wf.run()
-    rows = json.loads((tmp_path / "b/denoising.json").read_text())["rows"]
+    result = json.loads((tmp_path / "b/denoising.json").read_text())
+    rows = result["rows"]
+    assert (result["num_cases"], result["num_series"]) == (4, 2)  # each test subject's slices are one series
+    assert result["intensities"][1] > 100  # the images in their own units, not the model's
     assert [(r["noise"], r["level"]) for r in rows] == [
         ("gaussian", 0.05),
         ("gaussian", 0.1),
@@ -147,7 +151,9 @@ def test_denoising_benchmark_table(data_dir, small_datalist, tiny_model, tmp_pat
     assert gaussian["sigma_estimated"] == pytest.approx(0.05, rel=0.3)  # the wavelet estimate finds the level
     assert gaussian["psnr_nl-means"] > gaussian["psnr_noisy"]
     assert rows[1]["psnr_noisy"] < rows[0]["psnr_noisy"]  # more noise, lower PSNR
-    assert "| gaussian | 0.05 |" in (tmp_path / "b/denoising.md").read_text()
+    lo, hi = gaussian["psnr_flow_minus_nl-means_ci95"]
+    assert lo <= gaussian["psnr_flow_minus_nl-means"] <= hi
+    assert (tmp_path / "b/denoising.png").is_file()
 
 
 def test_downstream_networks_train_score_and_reload(small_datalist, tmp_path):
@@ -190,10 +196,11 @@ def _evaluation(folder, cases, segmenter, **extra):
     )
 
 
-def test_real_images_as_the_generated_set_score_each_metric_ideally(small_datalist, segmenter, tmp_path):
+def test_real_images_as_the_generated_set_score_each_metric_ideally(small_datalist, segmenter, classifier, tmp_path):
     cases = load_cases(str(small_datalist), "test", use_mask=True, num_classes=3)
     _real_as_generated(tmp_path / "real", cases)
-    values = _evaluation(tmp_path / "real", cases, segmenter).run()
+    values = _evaluation(tmp_path / "real", cases, segmenter, num_classes=3, classifier_path=classifier).run()
+    assert values["class_accuracy"] == values["class_accuracy_real"] and "class_accuracy" in values["ci95"]
     assert values["mmd"] == pytest.approx(0, abs=1e-9) and values["hist_wasserstein"] == pytest.approx(0, abs=1e-9)
     assert values["fd_segmenter_features"] == pytest.approx(0, abs=1e-3)
     assert values["kid_segmenter_features"] == pytest.approx(0, abs=1e-9)

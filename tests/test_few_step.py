@@ -4,17 +4,17 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import numpy as np
 import pytest
 import torch
 from monai.bundle import ConfigParser
 
-from conftest import CONFIGS, ROOT, USER_ERRORS, error_text, sample, tiny, train
+from conftest import CONFIGS, USER_ERRORS, error_text, sample, tiny, train
+from scripts.batches import GenerativePrepareBatch, conditions
 from scripts.checkpoint import read_checkpoint
 from scripts.data import input_transforms, load_batch, load_cases
-from scripts.flow import FlowPath, GenerativePrepareBatch, conditions
+from scripts.flow import FlowPath
 from scripts.networks import ConditionalUNet
 from scripts.sampler import FlowSampler, case_noise
 
@@ -115,7 +115,6 @@ def test_fine_tune_refuses_another_intensity_range(data_dir, small_datalist, tin
 
 
 def test_few_step_benchmark(data_dir, small_datalist, tiny_model, tiny_ddpm, tmp_path):
-    sys.path.insert(0, str(ROOT / "bench"))
     from few_step import main
 
     overrides = {

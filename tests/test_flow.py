@@ -3,15 +3,9 @@
 import pytest
 import torch
 
-from scripts.flow import (
-    DDPM_SCHEDULE,
-    TIME_SCALE,
-    DDPMPath,
-    FlowPath,
-    GenerativePrepareBatch,
-    interpolate,
-    sample_times,
-)
+from scripts.batches import GenerativePrepareBatch
+from scripts.diffusion import DDPM_SCHEDULE, DDPMPath
+from scripts.flow import TIME_SCALE, FlowPath, interpolate, sample_times
 
 
 def test_interpolate_endpoints_and_midpoint():
@@ -92,7 +86,7 @@ def test_condition_dropout_replaces_class_and_mask():
 
 
 def test_exact_ot_pairing_is_a_permutation_with_lower_cost():
-    from scripts.flow import ot_pairing
+    from scripts.coupling import ot_pairing
 
     g = torch.Generator().manual_seed(0)
     x0, x1 = torch.randn(32, 2, generator=g), torch.randn(32, 2, generator=g) + torch.tensor([3.0, 0.0])

@@ -21,7 +21,7 @@ from packaging.version import Version
 from conftest import BUNDLE, CONFIGS
 
 META = CONFIGS / "metadata.json"
-SCHEMA = BUNDLE / "docs" / "meta_schema_20240725.json"
+SCHEMA = BUNDLE / "docs" / "metadata_schema.json"  # the bundle's own schema, not a copy of the official file
 OFFICIAL_SCHEMA_URL = (
     "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20240725.json"
 )

@@ -8,17 +8,11 @@ from __future__ import annotations
 import numpy as np
 import pydicom
 import pytest
-from pacs_fixtures import (
-    Node,
-    Orthanc,
-    app_runs,
-    associate,
-    burst,
-    complete,
-    move,
-    write_study,
-)
+from pacs_fixtures import app_runs, associate, move
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage
+
+from testbed.pacs import Node, Orthanc, burst, complete
+from testbed.studies import write_study
 
 
 @pytest.fixture(scope="module")

@@ -10,23 +10,15 @@ import subprocess
 
 import pydicom
 import pytest
-from pacs_fixtures import (
-    Node,
-    Orthanc,
-    associate,
-    certificates,
-    complete,
-    echo,
-    free_port,
-    store,
-    write_study,
-)
+from pacs_fixtures import associate, certificates, echo, store
 from pydicom.dataset import FileMetaDataset
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 from pynetdicom import _config
 
 from pacs_node.receiver import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, SUCCESS
+from testbed.pacs import Node, Orthanc, complete, free_port
+from testbed.studies import write_study
 
 
 @pytest.fixture

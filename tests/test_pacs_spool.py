@@ -7,11 +7,11 @@ import json
 import time
 
 import pytest
-from deploy_fixtures import ROOT
 
 from pacs_node.config import NodeConfig
-from pacs_node.processor import Run
+from pacs_node.processor import Run, read_report
 from pacs_node.spool import Spool, StudyTooLarge
+from testbed import ROOT
 
 STUDY, OTHER = "1.2.3.4", "1.2.3.5"
 
@@ -26,10 +26,10 @@ def test_a_study_is_complete_after_its_quiet_time_also_across_a_restart(tmp_path
     restarted = Spool(tmp_path, quiet_seconds=0.3)  # a restart gives the sender a whole quiet time again
     assert restarted.seal_quiet() == []
     time.sleep(0.35)
-    (job,) = restarted.seal_quiet()
-    assert job.state == "queue" and job.study == STUDY and job.record["instances"] == 2
-    assert sorted(p.name for p in job.files("input")) == ["1.1.dcm", "1.2.dcm"]
-    assert restarted.jobs("incoming") == [] and restarted.find(job.name) == job
+    (study,) = restarted.seal_quiet()
+    assert study.state == "queue" and study.uid == STUDY and study.record["instances"] == 2
+    assert sorted(p.name for p in study.files("input")) == ["1.1.dcm", "1.2.dcm"]
+    assert restarted.studies("incoming") == [] and restarted.find(study.name) == study
 
 
 @pytest.mark.parametrize("uid", ["../../etc", "1.2.x", "", ".", "1..2", "1." + "2" * 63])
@@ -54,7 +54,7 @@ def test_study_size_limit_counts_each_instance_once_and_survives_a_restart(tmp_p
     with pytest.raises(StudyTooLarge):  # once refused, the study takes nothing more
         restarted.store(STUDY, "1.4", b"x")
     time.sleep(0.15)
-    sealed = {job.study: job for job in restarted.seal_quiet()}
+    sealed = {study.uid: study for study in restarted.seal_quiet()}
     assert sealed[STUDY].state == "failed" and "larger than max_study_mb" in sealed[STUDY].record["error"]
     assert sealed[STUDY].record["instances"] == 2 and sealed[OTHER].state == "queue"
 
@@ -71,15 +71,15 @@ def test_moves_record_and_remove(tmp_path):
     spool = Spool(tmp_path, quiet_seconds=0.01)
     spool.store(STUDY, "1.1", b"data")
     time.sleep(0.02)
-    (job,) = spool.seal_quiet()
-    job = spool.move(job, "outbox", series=[{"uid": "9.9", "instances": 1}])
-    record = spool.update(job, attempts=1, last_error="refused")
+    (study,) = spool.seal_quiet()
+    study = spool.move(study, "outbox", series=[{"uid": "9.9", "instances": 1}])
+    record = spool.update(study, attempts=1, last_error="refused")
     assert record["series"] == [{"uid": "9.9", "instances": 1}] and record["attempts"] == 1
-    assert "last_error" not in spool.update(job, last_error=None)
-    spool.remove(job)
-    assert all(spool.jobs(state) == [] for state in ("incoming", "queue", "outbox", "done", "failed"))
+    assert "last_error" not in spool.update(study, last_error=None)
+    spool.remove(study)
+    assert all(spool.studies(state) == [] for state in ("incoming", "queue", "outbox", "done", "failed"))
     with pytest.raises(ValueError, match="no job"):
-        spool.find(job.name)
+        spool.find(study.name)
 
 
 def test_configuration(tmp_path):
@@ -116,22 +116,45 @@ def test_configuration(tmp_path):
     assert example.destination.port == 104 and example.callers["WORKSTATION1"] is None
 
 
-def test_run_account():
-    """What the node reads from a run of the deploy app: its problems (naming files), and how it ended."""
-    log = "\n".join(
-        [
-            "[2026-11-25 23:03:38,711] [ERROR] (motfm) - 2 input problems (1 series written):",
-            "- /spool/work/run-1/in/JOB_A/1.2.dcm: not a usable DICOM instance",
-            "- /spool/work/run-1/in/JOB_B/seg.dcm: its source series ['1.2'] is not in the input",
-            "/venv/lib/python3.11/site-packages/pydicom/valuerep.py:440: UserWarning: value length",
-        ]
-    )
-    run = Run(1, log, 12.0)
-    assert run.crashed is None and len(run.problems) == 2 and run.problems[1].startswith("/spool/work/run-1/in/JOB_B")
-    assert run.last_words.endswith("2 input problems (1 series written):")
-    assert Run(-9, "", 1.0).crashed == "was killed by SIGKILL" and Run(None, "", 1.0).crashed.startswith("was stop")
-    assert Run(134, "Fatal Python error: Aborted", 1.0).crashed == "exited with status 134"
-    assert Run(0, "", 1.0).problems == [] and Run(0, "", 1.0).last_words == "(no output)"
-    assert run.failure(run.problems[1:]) == run.problems[1]  # a study's own problems say why it has no series
-    assert run.failure([]).startswith("the deploy app wrote no series for it: [2026-11-25 23:03:38,711] [ERROR]")
-    assert Run(-11, "Segmentation fault", 1.0).failure([]) == "the deploy app was killed by SIGSEGV: Segmentation fault"
+def test_run_account(tmp_path):
+    """What the node reads from a run of the deploy app: its run report (the series of each study, the problems
+    whose files lie in a study's input), and how the run ended (a run without its report ended abnormally)."""
+    work = tmp_path / "run-1"
+    report = {
+        "exit_status": 1,
+        "error": "2 input problems (1 series written): ...",
+        "series": [
+            {
+                "series_instance_uid": "9.1",
+                "study_instance_uid": "1.2.3",
+                "path": str(work / "out" / "9.1"),
+                "instances": 4,
+                "task": "denoise",
+                "source": "MR series",
+            }
+        ],
+        "problems": [
+            {"files": [str(work / "in" / "JOB_A" / "1.2.dcm")], "message": "/.../JOB_A/1.2.dcm: not usable"},
+            {
+                "files": [str(work / "in" / "JOB_B" / "seg.dcm"), str(work / "in" / "JOB_B" / "mr.dcm")],
+                "message": "/.../JOB_B/seg.dcm: its source series ['1.2'] is not in the input",
+            },
+        ],
+    }
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    run = Run(1, "[ERROR] (motfm) - 2 input problems (1 series written):", 12.0, read_report(tmp_path / "report.json"))
+    assert run.crashed is None and [s["instances"] for s in run.series("1.2.3")] == [4] and run.series("1.2.4") == []
+    assert run.problems(work / "in" / "JOB_B") == [report["problems"][1]["message"]]
+    assert run.problems(work / "in" / "JOB") == []  # a folder whose name starts another's holds none of its files
+    assert run.failure(run.problems(work / "in" / "JOB_B")) == report["problems"][1]["message"]
+    assert run.failure([]) == f"the deploy app wrote no series for it: {report['error']}"
+    (tmp_path / "torn.json").write_text(json.dumps(report)[:50])
+    no_report = "exited with status 1 without its run report"
+    for missing in (read_report(tmp_path / "none.json"), read_report(tmp_path / "torn.json")):
+        assert Run(1, "Traceback ...\nMemoryError", 1.0, missing).crashed == no_report
+    assert Run(0, "", 1.0, report).crashed == "exited with status 0 without its run report"  # another run's report
+    assert Run(-9, "", 1.0, None).crashed == "was killed by SIGKILL"
+    assert Run(None, "", 1.0, None).crashed == "was stopped after the timeout"
+    assert Run(134, "Fatal Python error: Aborted", 1.0, None).crashed == "exited with status 134"
+    killed = Run(-11, "Segmentation fault", 1.0, None)
+    assert killed.failure([]) == "the deploy app was killed by SIGSEGV: Segmentation fault"

@@ -6,15 +6,13 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 
 import pytest
-from deploy_fixtures import ROOT
-from pacs_fixtures import load_volumes, write_study
 from pydicom import dcmread
 
-sys.path.insert(0, str(ROOT / "deploy_app"))
-from motfm_deploy.jobs import TASKS  # noqa: E402
+from motfm_deploy.jobs import TASKS
+from testbed import ROOT
+from testbed.studies import load_volumes, write_study
 
 WORKFLOW = ROOT / "deploy_app" / "workflow"
 DOCKER_ARGS = ("server_url", "entrypoint", "command", "container_image", "temp_storage_container_path")

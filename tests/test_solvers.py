@@ -5,9 +5,10 @@ import math
 import pytest
 import torch
 
+from scripts.diffusion import DiffusionSampler
 from scripts.flow import TIME_SCALE
 from scripts.networks import ConditionalUNet
-from scripts.sampler import DiffusionSampler, FlowSampler, case_noise, flow_time, predict
+from scripts.sampler import FlowSampler, case_noise, flow_time, predict
 from scripts.solvers import SOLVERS, TABLEAUS, evaluations_per_step, integrate
 
 # one step of each method on dx/dt = x multiplies x by its stability polynomial in h
@@ -118,3 +119,23 @@ def test_denoise_starts_on_the_flow_at_the_noise_time():
     assert flow_time(0.0) == 1.0
     with pytest.raises(ValueError):
         flow_time(-0.1)
+
+
+def test_dopri5_tolerances_reach_the_sampler_from_the_config():
+    from monai.bundle import ConfigParser
+
+    from conftest import CONFIGS
+
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "inference.json"))
+    parser.update({"solver": "dopri5", "rtol": 1e-2, "atol": 1e-3})
+    sampler = parser.get_parsed_content("sampler")
+    assert sampler.tolerances == {"rtol": 1e-2, "atol": 1e-3}
+
+    def network(x, timesteps, **cond):  # a curved field: dopri5 needs more steps for tighter tolerances
+        return torch.sin(3 * x + timesteps[:, None, None, None] / TIME_SCALE)
+
+    x = torch.randn(2, 1, 4, 4)
+    loose = FlowSampler("dopri5", rtol=1e-2, atol=1e-2)(network, x, {})[1]
+    tight = FlowSampler("dopri5", rtol=1e-8, atol=1e-8)(network, x, {})[1]
+    assert tight > loose

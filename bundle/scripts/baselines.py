@@ -15,8 +15,8 @@ from functools import cached_property
 import torch
 from torch import nn
 
+from .batches import without_meta
 from .data import load_images
-from .flow import plain
 from .sampler import Sampler
 
 
@@ -45,7 +45,7 @@ class NearestTrainingImage(TrainingSetBaseline):
     """For each case's mask, the training image whose mask has the highest mean foreground Dice with it."""
 
     def generate(self, network: nn.Module, batch: dict, shape: Sequence[int], seed: int, device=None):
-        query = _onehot(plain(batch["label"]), self.num_labels)[:, 1:]  # (B, L-1, P)
+        query = _onehot(without_meta(batch["label"]), self.num_labels)[:, 1:]  # (B, L-1, P)
         masks = self.masks[:, 1:]
         inter = torch.einsum("blp,nlp->bnl", query, masks)
         sizes = query.sum(2)[:, None] + masks.sum(2)[None]  # (B, N, L-1)
@@ -62,4 +62,4 @@ class TissueMeans(TrainingSetBaseline):
         return (self.masks * self.images.flatten(1)[:, None]).sum((0, 2)) / self.masks.sum((0, 2)).clamp(min=1)
 
     def generate(self, network: nn.Module, batch: dict, shape: Sequence[int], seed: int, device=None):
-        return self.means[plain(batch["label"]).long()].to(device), 0
+        return self.means[without_meta(batch["label"]).long()].to(device), 0

@@ -8,12 +8,13 @@ checkpoint from another variant, method or shape is refused with a message inste
 from __future__ import annotations
 
 import os
-import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
+
+from .files import save_torch
 
 WEIGHTS = ("ema", "model")
 
@@ -30,6 +31,9 @@ class ModelCard:
         schedule: the DDPM noise schedule (``DDPMScheduler`` arguments); None for flow models.
         provenance: how the weights were made (training data and code fingerprints, settings, iterations, epochs,
             training time, validation-loss curve; see ``provenance.py`` and ``TrainingCheckpoint``).
+        classes: what the classes of a class-conditioned network mean: ``{"names": [one per class], "rule": how a
+            caller derives them from an image}`` (e.g. rule "axial_level" for the default data); None: undeclared.
+            Kept only when the network has classes; names must be one per class.
     """
 
     def __init__(
@@ -41,11 +45,20 @@ class ModelCard:
         variant: str = "",
         schedule: Mapping[str, Any] | None = None,
         provenance: Mapping[str, Any] | None = None,
+        classes: Mapping[str, Any] | None = None,
     ) -> None:
         self.method, self.network, self.image_size = method, dict(network), [int(s) for s in image_size]
         self.intensity_range = None if intensity_range is None else [float(v) for v in intensity_range]
         self.variant, self.schedule = variant, None if schedule is None else dict(schedule)
         self.provenance = dict(provenance or {})
+        num_classes = int(self.network.get("num_classes") or 0)
+        self.classes = dict(classes) if classes and num_classes else None
+        names = (self.classes or {}).get("names")
+        if names is not None and len(names) != num_classes:
+            raise ValueError(
+                f"classes declares {len(names)} class names {list(names)} for a network of {num_classes} classes: "
+                "set `classes` to what this data's classes mean (None: undeclared)"
+            )
 
     def state_dict(self) -> dict:
         return {
@@ -56,6 +69,7 @@ class ModelCard:
             "variant": self.variant,
             "schedule": self.schedule,
             "provenance": self.provenance,
+            "classes": self.classes,
         }
 
     def check(self, saved: Mapping[str, Any], source: str) -> None:
@@ -83,26 +97,6 @@ class ModelCard:
         self.provenance = dict(state.get("provenance") or {})
 
 
-def save_atomic(obj: Any, path: str, writer: Callable[[Any, Any], Any] = torch.save) -> None:
-    """Writes ``obj`` with ``writer(obj, file)`` (torch.save by default) to a temporary file beside ``path``, then
-    renames it: a reader never sees a torn file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            writer(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes files private; give the usual permissions
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def read_checkpoint(path: str) -> dict:
     """Loads a checkpoint file with ``weights_only=True``; a missing or unreadable file is a clear error."""
     if not os.path.isfile(path):
@@ -118,12 +112,13 @@ def save_model(path: str, network: nn.Module, ema: nn.Module | None, card: Model
     state = {"model": network.state_dict(), "card": card.state_dict()}
     if ema is not None:
         state["ema"] = ema.state_dict()
-    save_atomic(state, path)
+    save_torch(state, path)
 
 
 def load_model(path: str, network: nn.Module, card: ModelCard, weights: str = "ema") -> dict:
     """Loads ``weights`` ("ema" if the file has them, else the raw "model" weights) into ``network`` after
-    checking the file's card against ``card``; returns the file's card (with its intensity range)."""
+    checking the file's card against ``card``; returns the file's card (with its intensity range). A card written
+    before cards declared their classes takes ``card``'s declaration."""
     if weights not in WEIGHTS:
         raise ValueError(f"weights must be one of {WEIGHTS}, got {weights!r}")
     ckpt = read_checkpoint(path)
@@ -131,4 +126,7 @@ def load_model(path: str, network: nn.Module, card: ModelCard, weights: str = "e
         raise ValueError(f"checkpoint {path} is not a model file of this project (it has keys {sorted(ckpt)})")
     card.check(ckpt["card"], path)
     network.load_state_dict(ckpt.get(weights, ckpt["model"]))
-    return dict(ckpt["card"])
+    saved = dict(ckpt["card"])
+    if "classes" not in saved:
+        saved["classes"] = card.classes
+    return saved

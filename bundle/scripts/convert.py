@@ -20,14 +20,17 @@ import contextlib
 import json
 import os
 import re
-import shutil
-import tempfile
 from collections.abc import Iterator, Sequence
 
 import fire
 import nibabel as nib
 import numpy as np
 from tqdm import tqdm
+
+if __package__:
+    from .files import staged_folder
+else:  # run as a file: python bundle/scripts/convert.py
+    from files import staged_folder
 
 SPLITS = ("training", "validation", "test")
 DATALIST = "datalist.json"
@@ -73,24 +76,17 @@ def _check_source(src: str) -> str:
 
 @contextlib.contextmanager
 def _staging(out_dir: str, src: str, overwrite: bool) -> Iterator[str]:
-    """Yields an empty staging folder (with ``images/`` and ``labels/``) beside ``out_dir``; when the block ends
-    without error it becomes ``out_dir`` (replacing it only with ``overwrite``), otherwise it is removed."""
+    """Yields an empty staging folder (with ``images/`` and ``labels/``) that becomes ``out_dir`` when the block
+    ends without error (replacing it only with ``overwrite``); see ``staged_folder``."""
     out_dir = os.path.realpath(out_dir)
     if os.path.commonpath([src, out_dir]) in (src, out_dir):
         raise ValueError(f"out_dir {out_dir} must lie outside the source {src} (and not contain it)")
     if os.path.lexists(out_dir) and not overwrite:
         raise FileExistsError(f"out_dir already exists: {out_dir} (pass --overwrite to replace it)")
-    os.makedirs(os.path.dirname(out_dir), exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}-staging-", dir=os.path.dirname(out_dir))
-    try:
-        os.chmod(staging, 0o755)  # mkdtemp makes it private; the result is an ordinary data folder
+    with staged_folder(out_dir) as staging:
         for sub in ("images", "labels"):
             os.mkdir(os.path.join(staging, sub))
         yield staging
-        shutil.rmtree(out_dir, ignore_errors=True)
-        os.replace(staging, out_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _require(path: str, hint: str = "") -> str:

@@ -15,13 +15,13 @@ from monai.data import CacheDataset, DataLoader
 from monai.engines import SupervisedTrainer
 from monai.losses import DiceCELoss
 from monai.networks.nets import Classifier, UNet
-from monai.utils import set_determinism
 from torch import nn
 
+from .batches import without_meta
 from .checkpoint import ModelCard, load_model, save_model
 from .data import input_transforms, load_images
-from .flow import plain
 from .metrics import mask_dice
+from .training import seed_all
 
 TASKS = {"segmenter": "label", "classifier": "class"}  # task -> the case key it predicts
 
@@ -61,7 +61,7 @@ def train(
         intensity_range: the data units mapped to [-1, 1] (the generative model's, so inputs look alike).
         num_labels: label count for checking masks (segmenter); 0 skips the check.
     """
-    set_determinism(seed)
+    seed_all(seed)
     target = TASKS[task]
     network = build(task, image_size, num_outputs).to(device)
     transforms = input_transforms(image_size, num_labels, intensity_range, augment=True)
@@ -69,8 +69,8 @@ def train(
     loader = DataLoader(dataset, batch_size=min(batch_size, len(dataset)), shuffle=True, drop_last=True)
 
     def prepare_batch(batch, device=None, non_blocking=False, **kwargs):
-        y = plain(batch[target], device)
-        return plain(batch["image"], device), (y.long().view(-1) if task == "classifier" else y)
+        y = without_meta(batch[target], device)
+        return without_meta(batch["image"], device), (y.long().view(-1) if task == "classifier" else y)
 
     loss = DiceCELoss(to_onehot_y=True, softmax=True) if task == "segmenter" else nn.CrossEntropyLoss()
     trainer = SupervisedTrainer(

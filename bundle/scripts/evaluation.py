@@ -15,8 +15,10 @@ units), each image by its own robust percentiles, so no metric reports a unit mi
   ``conditional_ms_ssim``: the mean pairwise MS-SSIM of ``diversity_samples`` samples of one condition (1: every
   noise gives the same image);
 - following the condition: ``mask_dice`` (the segmenter on generated images against their masks) beside
-  ``mask_dice_real`` (the same segmenter on the real images: the ceiling), ``correlation_in_mask`` (Pearson r with
-  the real image inside the brain), and the paired ``ssim_paired`` / ``psnr_paired``, which a mean image wins;
+  ``mask_dice_real`` (the same segmenter on the real images: the ceiling), ``class_accuracy`` (a classifier
+  trained on the training subjects, on generated images against their classes) beside ``class_accuracy_real``,
+  ``correlation_in_mask`` (Pearson r with the real image inside the brain), and the paired ``ssim_paired`` /
+  ``psnr_paired``, which a mean image wins;
 - ``fid`` only with a local Inception network (``fid_model``); ``nfe``, ``seconds_per_sample``, the settings,
   and ``model``: the model card's provenance (iterations, data and code fingerprints, training time).
 
@@ -33,20 +35,19 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 import torch
 from monai.transforms import LoadImage
-from scipy.stats import gaussian_kde
 from torch import nn
 
 from . import downstream, metrics
-from .checkpoint import save_atomic
 from .data import PERCENTILES, load_batch, load_cases, load_images, to_model_range
-from .visualize import plt
+from .files import save_json
+from .visualize import save_density
 
 logger = logging.getLogger(__name__)
 
 
-def save_json(content: dict, path: str) -> None:
-    """Writes JSON atomically (via ``save_atomic``'s temporary-file-and-rename)."""
-    save_atomic(content, path, writer=lambda obj, f: f.write(json.dumps(obj, indent=1).encode()))
+def _subsample(values: np.ndarray, generator: torch.Generator, points: int = 20000) -> np.ndarray:
+    """At most ``points`` of ``values`` (1D), drawn without replacement."""
+    return values[torch.randperm(len(values), generator=generator)[:points].numpy()]
 
 
 def intensity_mismatch(real: torch.Tensor, intensity_range: Sequence[float]) -> str | None:
@@ -82,6 +83,8 @@ class Evaluation:
         num_labels: mask labels (0: no mask, so no mask metrics).
         intensity_range: the model card's data range for [-1, 1].
         segmenter_path: the segmenter model file for mask Dice and the feature metrics; None or missing: skipped.
+        num_classes: the model's classes (0: none, so no class accuracy).
+        classifier_path: the classifier model file for class accuracy; None or missing: skipped.
         fid_model: optional local TorchScript Inception network (images (N, 3, 299, 299) in [0, 1] -> (N, F)).
         device: torch device for the networks.
         network, sampler: the generator, for conditional diversity (None: skipped).
@@ -100,6 +103,8 @@ class Evaluation:
         num_labels: int,
         intensity_range: Sequence[float],
         segmenter_path: str | None = None,
+        num_classes: int = 0,
+        classifier_path: str | None = None,
         fid_model: str | None = None,
         device: str | torch.device = "cpu",
         network: nn.Module | None = None,
@@ -113,6 +118,7 @@ class Evaluation:
         self.output_dir, self.real_cases, self.transforms = output_dir, list(real_cases), transforms
         self.image_size, self.num_labels, self.intensity_range = list(image_size), num_labels, list(intensity_range)
         self.segmenter_path, self.fid_model, self.device = segmenter_path, fid_model, device
+        self.num_classes, self.classifier_path = num_classes, classifier_path
         self.network, self.sampler, self.seed = network, sampler, seed
         self.diversity_samples, self.diversity_cases, self.draws = diversity_samples, diversity_cases, bootstrap_draws
         self.model_card = dict(model_card or {})
@@ -140,10 +146,20 @@ class Evaluation:
         segmenter = self._load_segmenter(values["skipped"])
         self._distribution(values, real, generated, segmenter)
         self._paired(values, real, generated, segmenter)
+        self._class_accuracy(values, real, generated)
         self._conditional_diversity(values)
         values["fid"] = self._fid(real, generated, values["skipped"])
         values["model"] = self.model_card.get("provenance", {})
-        self._plot_kde(real, generated)
+        draws = torch.Generator().manual_seed(0)
+        save_density(
+            os.path.join(self.output_dir, "intensity_kde.png"),
+            {
+                name: _subsample(metrics.intensity_values(x), draws)
+                for name, x in (("real", real), ("generated", generated))
+            },
+            "intensity (model range)",
+            np.linspace(-1, 1, 400),
+        )
         save_json(values, os.path.join(self.output_dir, "metrics.json"))
         shown = ("mask_dice", "mask_dice_real", "fd_halves_generated", "fd_halves_real", "conditional_ms_ssim")
         logger.info("metrics: " + ", ".join(f"{k}={values.get(k)}" for k in shown))
@@ -247,6 +263,29 @@ class Evaluation:
                 metrics.bootstrap_ci(lambda i, v=v[finite]: float(v[i].mean()), int(finite.sum()), self.draws),
             )
 
+    def _class_accuracy(self, values: dict, real: torch.Tensor, generated: torch.Tensor) -> None:
+        """How often the classifier gives a generated image its case's class, beside how often a real one."""
+        values.update(dict.fromkeys(("class_accuracy", "class_accuracy_real")))
+        if not self.num_classes or "class" not in self.real_cases[0]:
+            values["skipped"]["class_accuracy"] = "the variant has no classes"
+            return
+        if not self.classifier_path or not os.path.isfile(self.classifier_path):
+            values["skipped"]["class_accuracy"] = (
+                f"no classifier at {self.classifier_path}; train one with bundle/configs/train_classifier.json"
+            )
+            return
+        classifier = downstream.load(self.classifier_path, "classifier", self.image_size, self.num_classes, self.device)
+        classes = torch.tensor([int(c["class"]) for c in self.real_cases])
+        for key, images in (("class_accuracy", generated), ("class_accuracy_real", real)):
+            right = (downstream.predict(classifier, images) == classes).double()
+            _with_ci(
+                values,
+                values["ci95"],
+                key,
+                float(right.mean()),
+                metrics.bootstrap_ci(lambda i, v=right: float(v[i].mean()), len(right), self.draws),
+            )
+
     def _conditional_diversity(self, values: dict) -> None:
         values["conditional_ms_ssim"] = None
         if self.network is None or self.sampler is None:
@@ -303,18 +342,3 @@ class Evaluation:
                 return network(x.repeat(1, 3, 1, 1).to(self.device)).cpu()
 
         return metrics.frechet_distance(features(real), features(generated))
-
-    def _plot_kde(self, real: torch.Tensor, generated: torch.Tensor, points: int = 20000) -> None:
-        """Kernel density of real vs generated intensities (as MOTFM's Figure 3)."""
-        grid = torch.linspace(-1, 1, 400).numpy()
-        fig, ax = plt.subplots(figsize=(5, 3.2))
-        for name, images in (("real", real), ("generated", generated)):
-            values = metrics.intensity_values(images)
-            values = values[torch.randperm(len(values), generator=torch.Generator().manual_seed(0))[:points].numpy()]
-            ax.plot(grid, gaussian_kde(values)(grid), label=name)
-        ax.set_xlabel("intensity (model range)")
-        ax.set_ylabel("density")
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(os.path.join(self.output_dir, "intensity_kde.png"), dpi=100)
-        plt.close(fig)

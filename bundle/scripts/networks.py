@@ -22,6 +22,7 @@ from torch import nn
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import apply_activation_checkpointing
 
 MASK_NETWORKS = ("controlnet", "spade")
+AUTOCAST_DTYPES = (None, "bfloat16")
 
 
 class ConditionalUNet(nn.Module):
@@ -41,6 +42,14 @@ class ConditionalUNet(nn.Module):
         activation_checkpointing: recompute each UNet (and ControlNet) block's activations in the backward pass
             instead of keeping them: less memory for large (3D) inputs, about a third more compute. It changes
             neither the weights' names nor ``config``.
+        autocast_dtype: "bfloat16": the network runs under ``torch.autocast`` on the input's device (for a CPU with
+            AVX512-BF16 or AMX, where MONAI's trainer, whose AMP is CUDA only, cannot); the weights stay float32 and
+            the output comes back in the input's dtype. None (default): as called. Like ``activation_checkpointing``
+            it is not part of ``config``.
+
+    Attention runs through PyTorch's ``scaled_dot_product_attention`` (MONAI's ``use_flash_attention``): the same
+    weights and results up to float rounding as MONAI's einsum attention, with less memory and, on a CPU in float32,
+    a faster backward pass.
     """
 
     def __init__(
@@ -56,10 +65,14 @@ class ConditionalUNet(nn.Module):
         mask_network: str = "controlnet",
         in_channels: int = 1,
         activation_checkpointing: bool = False,
+        autocast_dtype: str | None = None,
     ) -> None:
         super().__init__()
         if mask_network not in MASK_NETWORKS:
             raise ValueError(f"mask_network must be one of {MASK_NETWORKS}, got {mask_network!r}")
+        if autocast_dtype not in AUTOCAST_DTYPES:
+            raise ValueError(f"autocast_dtype must be one of {AUTOCAST_DTYPES}, got {autocast_dtype!r}")
+        self.autocast_dtype = getattr(torch, autocast_dtype) if autocast_dtype else None
         self.config = {
             "spatial_dims": spatial_dims,
             "channels": list(channels),
@@ -83,6 +96,7 @@ class ConditionalUNet(nn.Module):
             "norm_num_groups": norm_num_groups,
             "with_conditioning": num_classes > 0,
             "cross_attention_dim": num_classes + 1 if num_classes else None,
+            "use_flash_attention": True,
         }
         self.controlnet: ControlNet | None = None
         if num_labels and mask_network == "spade":
@@ -119,6 +133,15 @@ class ConditionalUNet(nn.Module):
         Returns:
             (B, C, *spatial): the velocity (flow matching) or noise (DDPM) prediction.
         """
+        if self.autocast_dtype is None:
+            return self._predict(x, timesteps, mask, cls)
+        with torch.autocast(x.device.type, dtype=self.autocast_dtype):
+            return self._predict(x, timesteps, mask, cls).to(x.dtype)
+
+    def _predict(
+        self, x: torch.Tensor, timesteps: torch.Tensor, mask: torch.Tensor | None, cls: torch.Tensor | None
+    ) -> torch.Tensor:
+        """``forward`` without the autocast."""
         if self.num_classes and cls is None:
             cls = torch.full((x.shape[0],), self.num_classes, device=x.device)
         context = self.class_context(cls) if self.num_classes else None
@@ -130,14 +153,11 @@ class ConditionalUNet(nn.Module):
         onehot = F.one_hot(mask[:, 0].clamp(min=0).long(), self.num_labels).movedim(-1, 1).to(x.dtype) * known
         if self.controlnet is None:
             return self.unet(x, timesteps, seg=onehot, context=context)
-        down, mid = self.controlnet(x, timesteps, controlnet_cond=onehot, context=context)
+        # a case with no known pixel gets no residuals: the gate (B, 1, ..., 1) is the ControlNet's own output scale
         gate = known.flatten(1).any(1).to(x.dtype).view(-1, *([1] * (x.dim() - 1)))
+        down, mid = self.controlnet(x, timesteps, controlnet_cond=onehot, conditioning_scale=gate, context=context)
         return self.unet(
-            x,
-            timesteps,
-            context=context,
-            down_block_additional_residuals=[d * gate for d in down],
-            mid_block_additional_residual=mid * gate,
+            x, timesteps, context=context, down_block_additional_residuals=down, mid_block_additional_residual=mid
         )
 
 

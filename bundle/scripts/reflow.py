@@ -21,9 +21,10 @@ from monai.transforms import MapTransform, Randomizable
 from torch import nn
 from tqdm import tqdm
 
-from .checkpoint import ModelCard, load_model, save_atomic
+from .batches import without_meta
+from .checkpoint import ModelCard, load_model
 from .distributed import all_gather, rank
-from .flow import plain
+from .files import atomic_path
 from .sampler import FlowSampler, case_noise
 
 logger = logging.getLogger(__name__)
@@ -71,7 +72,8 @@ def teacher_pairs(
     if rank() == 0 and not os.path.isfile(path):
         load_model(teacher_ckpt, network, card)
         arrays = _make_pairs(network, sampler, cases, transforms, pairs_per_case, seed, batch_size, device)
-        save_atomic({**arrays, "settings": np.array(json.dumps(settings))}, path, writer=_write_npz)
+        with atomic_path(path) as tmp:
+            np.savez(tmp, **arrays, settings=np.array(json.dumps(settings)))
         logger.info(f"wrote {len(cases)} x {pairs_per_case} reflow pairs to {path}")
     all_gather(None)  # every rank reads the set rank 0 wrote
     with np.load(path, allow_pickle=False) as saved:
@@ -112,17 +114,13 @@ def _make_pairs(
         parts["image"].append(images.cpu())
         parts["noise"].append(case_noise([int(i) for i in batch["index"]], shape, seed))
         if network.num_labels:
-            parts["label"].append(plain(batch["label"]))
+            parts["label"].append(without_meta(batch["label"]))
         if network.num_classes:
-            parts["class"].append(plain(batch["class"]).view(-1))
+            parts["class"].append(without_meta(batch["class"]).view(-1))
     arrays = {key: torch.cat(values).numpy() for key, values in parts.items() if values}
     grouped = {key: value.reshape(len(cases), pairs_per_case, *value.shape[1:]) for key, value in arrays.items()}
     conditions = {key: grouped[key][:, 0] for key in ("label", "class") if key in grouped}  # one per case
     return {**{key: grouped[key] for key in PAIR_KEYS}, **conditions}
-
-
-def _write_npz(arrays: Mapping[str, np.ndarray], file) -> None:
-    np.savez(file, **arrays)
 
 
 class RandPaird(Randomizable, MapTransform):

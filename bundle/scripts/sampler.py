@@ -4,7 +4,7 @@ Inference, evaluation, training-time previews, the benchmark and the deploy app 
 better solver or a few-step checkpoint reaches every caller.
 
 - ``FlowSampler`` integrates the learned velocity from t=0 (noise) or from a later time (denoising) to t=1.
-- ``DiffusionSampler`` runs the DDPM baseline with MONAI's DDPM or DDIM scheduler.
+- ``diffusion.DiffusionSampler`` (a ``Sampler``) runs the DDPM baseline with MONAI's DDPM or DDIM scheduler.
 Both apply classifier-free guidance when ``guidance_scale != 1`` and the model has classes.
 """
 
@@ -12,15 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
 import torch
-from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 from torch import nn
 
-from .flow import DDPM_SCHEDULE, PREDICTION_TYPES, TIME_SCALE, conditions
+from .batches import conditions
+from .flow import TIME_SCALE
 from .solvers import ADAPTIVE, SOLVERS, integrate
-
-DIFFUSION_SOLVERS = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler}
 
 
 def case_noise(indices: Sequence[int], shape: Sequence[int], seed: int, device=None) -> torch.Tensor:
@@ -47,13 +44,6 @@ def flow_time(sigma: float) -> float:
     return 1.0 / (1.0 + sigma)
 
 
-def estimate_sigma(image: torch.Tensor) -> float:
-    """Standard deviation of Gaussian noise in an image (C, *spatial), by scikit-image's wavelet estimator."""
-    from skimage.restoration import estimate_sigma as wavelet_sigma
-
-    return float(wavelet_sigma(image[0].detach().cpu().numpy().astype(np.float64)))
-
-
 def evaluations(cond: dict, guidance_scale: float) -> int:
     """Network evaluations per prediction: 2 with classifier-free guidance (the class and the "no class"
     prediction, run as one batch of 2B), else 1. NFE counts them all."""
@@ -78,9 +68,10 @@ def predict(
 
 @torch.no_grad()
 def warm_up(network: nn.Module, batch: dict, shape: Sequence[int], device=None) -> None:
-    """One network call on a batch's size and conditions, so the first call's one-time costs (memory, kernel choice;
-    CUDA start-up on a GPU) stay out of timed sampling. ``shape``: (C, *spatial)."""
-    cond = conditions(batch, bool(network.num_labels), network.num_classes, device)
+    """One network call on a batch's size and the conditions it has, so the first call's one-time costs (memory,
+    kernel choice; CUDA start-up on a GPU) stay out of timed sampling. ``shape``: (C, *spatial)."""
+    use_mask = bool(network.num_labels) and "label" in batch
+    cond = conditions(batch, use_mask, network.num_classes if "class" in batch else 0, device)
     x = torch.zeros(len(batch["index"]), *shape, device=device)
     network(x, torch.zeros(len(x), device=device), **cond)
 
@@ -108,14 +99,23 @@ class FlowSampler(Sampler):
         solver: "euler", "midpoint", "heun", "rk4" or "dopri5".
         num_steps: solver steps (NFE = steps x evaluations per step; dopri5 chooses its own).
         guidance_scale: classifier-free guidance scale (1 = none).
+        rtol, atol: the error tolerances of dopri5 (ignored by the fixed-step solvers).
     """
 
-    def __init__(self, solver: str = "euler", num_steps: int = 10, guidance_scale: float = 1.0) -> None:
+    def __init__(
+        self,
+        solver: str = "euler",
+        num_steps: int = 10,
+        guidance_scale: float = 1.0,
+        rtol: float = 1e-4,
+        atol: float = 1e-4,
+    ) -> None:
         if solver not in SOLVERS:
             raise ValueError(f"solver must be one of {SOLVERS} for a flow model, got {solver!r}")
         if solver not in ADAPTIVE and int(num_steps) < 1:
             raise ValueError(f"num_steps must be >= 1, got {num_steps}")
         self.solver, self.num_steps, self.guidance_scale = solver, num_steps, guidance_scale
+        self.tolerances = {"rtol": rtol, "atol": atol}
 
     @torch.no_grad()
     def __call__(
@@ -127,7 +127,7 @@ class FlowSampler(Sampler):
             timesteps = torch.full((x_.shape[0],), t * TIME_SCALE, device=x_.device)
             return predict(network, x_, timesteps, cond, self.guidance_scale)
 
-        x, calls = integrate(velocity, x, t_start, 1.0, self.solver, self.num_steps)
+        x, calls = integrate(velocity, x, t_start, 1.0, self.solver, self.num_steps, **self.tolerances)
         return x, calls * evaluations(cond, self.guidance_scale)
 
     def denoise(
@@ -137,60 +137,3 @@ class FlowSampler(Sampler):
         the flow at t = 1 / (1 + sigma) (x_t = t * noisy) and integrates to t = 1. Returns (images, NFE)."""
         t = flow_time(sigma)
         return self(network, t * noisy, cond or {}, t_start=t)
-
-
-def ddim_timesteps(num_train_timesteps: int, num_steps: int) -> torch.Tensor:
-    """DDIM's timesteps spaced as MONAI's ``DDIMScheduler.step`` moves, by num_train_timesteps // num_steps:
-    (num_steps - 1 - k) * that, k = 0 .. num_steps - 1, so every step lands on the timestep the network is told
-    next and the last on the clean image. (MONAI's ``set_timesteps`` spaces them by linspace(T - 1, 0), which at
-    10 steps puts every step 11 timesteps away from the next one the network sees.)"""
-    return torch.arange(num_steps - 1, -1, -1) * (num_train_timesteps // num_steps)
-
-
-class DiffusionSampler(Sampler):
-    """Reverse diffusion with MONAI's DDPM or DDIM scheduler; NFE counts every network call.
-
-    Args:
-        solver: "ddpm" (ancestral sampling, meant for all training steps) or "ddim" (deterministic, fewer steps).
-        num_steps: inference steps, 1 .. the training timesteps.
-        guidance_scale: classifier-free guidance scale (1 = none).
-        schedule: the noise schedule and prediction type the model was trained with (``DDPMScheduler``
-            arguments; see its card).
-    """
-
-    def __init__(self, solver: str = "ddim", num_steps: int = 50, guidance_scale: float = 1.0, schedule=None):
-        if solver not in DIFFUSION_SOLVERS:
-            raise ValueError(f"solver must be one of {tuple(DIFFUSION_SOLVERS)} for the DDPM baseline, got {solver!r}")
-        schedule = {**DDPM_SCHEDULE, **(schedule or {})}
-        if schedule["prediction_type"] not in PREDICTION_TYPES:
-            raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {schedule['prediction_type']!r}")
-        if not 1 <= int(num_steps) <= schedule["num_train_timesteps"]:
-            raise ValueError(
-                f"num_steps must be 1 .. {schedule['num_train_timesteps']} (the training timesteps), got {num_steps}"
-            )
-        self.scheduler = DIFFUSION_SOLVERS[solver](**schedule)
-        self.solver, self.num_steps, self.guidance_scale = solver, int(num_steps), guidance_scale
-
-    @torch.no_grad()
-    def __call__(
-        self, network: nn.Module, x: torch.Tensor, cond: dict, t_start: float = 0.0, generators=None
-    ) -> tuple[torch.Tensor, int]:
-        """x: noise (B, C, *spatial); returns (images, NFE). DDPM draws each case's step noise from its own
-        generator of ``generators`` (B; None: the global one), so a case's image doesn't depend on its batch."""
-        if t_start != 0.0:
-            raise ValueError("the DDPM baseline samples from pure noise only (t_start=0)")
-        self.scheduler.set_timesteps(self.num_steps, device=x.device)
-        if self.solver == "ddim":
-            self.scheduler.timesteps = ddim_timesteps(self.scheduler.num_train_timesteps, self.num_steps).to(x.device)
-        nfe = 0
-        for t in self.scheduler.timesteps:
-            timesteps = torch.full((x.shape[0],), int(t), device=x.device, dtype=torch.long)
-            eps = predict(network, x, timesteps, cond, self.guidance_scale)
-            nfe += evaluations(cond, self.guidance_scale)
-            if self.solver == "ddpm" and generators is not None:
-                x = torch.cat(
-                    [self.scheduler.step(e[None], int(t), c[None], g)[0] for e, c, g in zip(eps, x, generators)]
-                )
-            else:
-                x, _ = self.scheduler.step(eps, int(t), x)
-        return x, nfe

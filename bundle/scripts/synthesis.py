@@ -26,10 +26,8 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 
 import nibabel as nib
 import numpy as np
@@ -40,6 +38,7 @@ from tqdm import tqdm
 
 from .data import to_source_grid, to_units
 from .distributed import all_gather, rank, world_size
+from .files import atomic_path, save_json, staged_folder
 from .sampler import Sampler, warm_up
 from .visualize import save_grid
 
@@ -66,7 +65,8 @@ class Synthesis:
 
     Args:
         network: the trained network (weights loaded).
-        sampler: ``FlowSampler`` or ``DiffusionSampler``.
+        sampler: what makes each case's image (a ``Sampler``: ``FlowSampler``, ``DiffusionSampler``, a trivial
+            baseline of ``baselines.py``, or ``denoising.Denoiser``, which denoises the case's own image).
         cases: cases from ``load_cases`` (or ``unconditional_cases``).
         transforms: the model's input transforms (``input_transforms``).
         image_size: the model's spatial shape.
@@ -116,14 +116,8 @@ class Synthesis:
             self._claim_output_dir()
             info = self._generate(self.output_dir)
         else:
-            parent = os.path.dirname(self.output_dir)
-            os.makedirs(parent, exist_ok=True)
-            staging = tempfile.mkdtemp(prefix=f".{os.path.basename(self.output_dir)}-", dir=parent)
-            try:
+            with staged_folder(self.output_dir) as staging:
                 info = self._generate(staging)
-                _replace_dir(staging, self.output_dir)
-            finally:
-                shutil.rmtree(staging, ignore_errors=True)
         if rank() == 0:
             logger.info(f"{self.output_dir} holds {info['num_cases']} cases, {info['generated']} generated now")
         return info
@@ -142,7 +136,7 @@ class Synthesis:
                 )
         all_gather(None)  # every rank has read it before rank 0 rewrites it
         if rank() == 0:
-            _write_json(path, self.settings)
+            save_json(self.settings, path)
 
     def _generate(self, folder: str) -> dict:
         """Writes this rank's share of the cases that ``folder`` lacks; then rank 0 writes the datalist, the grid
@@ -165,8 +159,8 @@ class Synthesis:
         }
         if rank() == 0:
             self._save_grid(folder, entries)
-            _write_json(os.path.join(folder, "datalist.json"), {"training": entries})
-            _write_json(os.path.join(folder, "info.json"), info)
+            save_json({"training": entries}, os.path.join(folder, "datalist.json"))
+            save_json(info, os.path.join(folder, "info.json"))
         all_gather(None)  # no rank returns before the set is complete
         return info
 
@@ -213,52 +207,22 @@ class Synthesis:
                 rows["mask"].append(loaded["label"])
             if "image" in case:
                 rows["real"].append(self.transforms({"image": case["image"]})["image"])
-        with _atomic(os.path.join(folder, "samples.png")) as tmp:
+        with atomic_path(os.path.join(folder, "samples.png")) as tmp:
             save_grid(tmp, [(name, images) for name, images in rows.items() if images])
 
 
-@contextmanager
-def _atomic(path: str) -> Iterator[str]:
-    """A hidden temporary path beside ``path``, with its extension, that becomes ``path`` once written."""
-    folder, name = os.path.split(path)
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{name}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def _write_json(path: str, obj) -> None:
-    with _atomic(path) as tmp, open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-
-
 def _save_nifti(array: np.ndarray, affine: np.ndarray, path: str) -> None:
-    with _atomic(path) as tmp:
+    with atomic_path(path) as tmp:
         nib.save(nib.Nifti1Image(array, affine), tmp)
 
 
 def _copy_label(source: str, path: str) -> None:
     """Copies a NIfTI mask as is; a mask from DICOM is written as NIfTI with its grid."""
     if source.endswith(".nii.gz"):
-        with _atomic(path) as tmp:
+        with atomic_path(path) as tmp:
             shutil.copyfile(source, tmp)
     else:
         from monai.transforms import LoadImage
 
         mask = LoadImage(image_only=True)(source)
         _save_nifti(np.asarray(mask, dtype=np.uint8), np.asarray(mask.affine), path)
-
-
-def _replace_dir(staging: str, target: str) -> None:
-    """Moves ``staging`` to ``target``, replacing an earlier ``target`` only once the new one is complete."""
-    old = None
-    if os.path.exists(target):
-        old = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}-old-", dir=os.path.dirname(target))
-        os.replace(target, os.path.join(old, "previous"))
-    os.replace(staging, target)
-    if old:
-        shutil.rmtree(old, ignore_errors=True)

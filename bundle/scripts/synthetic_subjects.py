@@ -30,8 +30,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import shutil
-import tempfile
 import time
 
 import fire
@@ -40,6 +38,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
+
+if __package__:
+    from .files import staged_folder
+else:  # run as a file: python bundle/scripts/synthetic_subjects.py
+    from files import staged_folder
 
 LABEL_NAMES = ("background", "csf_and_other_brain", "grey_matter", "white_matter")
 LEVEL_NAMES = ("inferior", "middle", "superior")
@@ -285,9 +288,7 @@ def build(
     start = time.perf_counter()
     template, affine = cropped_template(template_dir or nilearn_template_dir())
     out_dir = os.path.abspath(out_dir)
-    os.makedirs(os.path.dirname(out_dir), exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".subjects-", dir=os.path.dirname(out_dir))
-    try:
+    with staged_folder(out_dir) as staging:
         lists2d = {split: [] for split in SPLITS}
         lists3d = {split: [] for split in SPLITS}
         record = {
@@ -321,10 +322,6 @@ def build(
         for name, content in contents.items():
             with open(os.path.join(staging, name), "w") as f:
                 json.dump(content, f, indent=1)
-        shutil.rmtree(out_dir, ignore_errors=True)
-        os.replace(staging, out_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     counts = {k: f"{n} subjects, {len(lists2d[k])} slices" for k, n in zip(SPLITS, subjects)}
     print(f"data written to {out_dir} in {time.perf_counter() - start:.0f} s: {counts}")
     return out_dir

@@ -10,10 +10,12 @@ from __future__ import annotations
 import logging
 import math
 import os
+import random
 import time
 from copy import deepcopy
 from functools import partial
 
+import numpy as np
 import torch
 from ignite.engine import Engine, Events
 from monai.data.utils import set_rnd
@@ -21,9 +23,10 @@ from monai.utils import set_determinism
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
-from .checkpoint import ModelCard, load_model, read_checkpoint, save_atomic, save_model
+from .checkpoint import ModelCard, load_model, read_checkpoint, save_model
 from .data import load_batch
 from .distributed import rank, world_size
+from .files import save_torch
 from .visualize import save_curve, save_grid
 
 logger = logging.getLogger(__name__)
@@ -36,19 +39,32 @@ def unwrap(network: nn.Module) -> nn.Module:
     return getattr(network, "module", network)
 
 
-class EpochSeeder:
-    """At each epoch start, seeds torch/numpy/random, the dataset's random transforms and the sampler from
-    (seed, epoch, rank)."""
+def seed_all(seed: int, deterministic: bool = False) -> None:
+    """Seeds Python, NumPy and torch on every device. ``deterministic`` also makes cuDNN deterministic and turns
+    its autotuner off (MONAI's ``set_determinism``): runs repeat bit for bit on a GPU, at some cost in speed;
+    otherwise cuDNN picks its fastest kernels."""
+    if deterministic:
+        set_determinism(seed)
+    else:
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        torch.manual_seed(seed)
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = False, True
 
-    def __init__(self, seed: int) -> None:
-        self.seed = int(seed)
+
+class EpochSeeder:
+    """At each epoch start, seeds torch/numpy/random (``seed_all``), the dataset's random transforms and the
+    sampler from (seed, epoch, rank)."""
+
+    def __init__(self, seed: int, deterministic: bool = False) -> None:
+        self.seed, self.deterministic = int(seed), deterministic
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_STARTED, self)
 
     def __call__(self, engine: Engine) -> None:
         epoch_seed = (self.seed * 1_000_003 + engine.state.epoch * 101 + rank()) % (2**31)
-        set_determinism(epoch_seed)
+        seed_all(epoch_seed, self.deterministic)
         loader = engine.data_loader
         set_rnd(loader.dataset, epoch_seed)
         if hasattr(loader.sampler, "set_epoch"):
@@ -243,7 +259,7 @@ class TrainingCheckpoint:
         provenance["iterations"], provenance["epochs"] = engine.state.iteration, engine.state.epoch
         self.started = now
         state["card"] = self.card.state_dict()
-        save_atomic(state, self.checkpoint_path)
+        save_torch(state, self.checkpoint_path)
         save_model(self.model_path, self.network, self.ema, self.card)
 
 

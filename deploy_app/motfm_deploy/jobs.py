@@ -40,6 +40,7 @@ class Job:
         details: how the output was made, for its DerivationDescription (the noise estimate, the classes).
         nfe: network evaluations per image.
         error: why the job failed (then nothing is written for it).
+        files: the input files it comes from (a failure is reported against them).
     """
 
     task: str
@@ -52,6 +53,7 @@ class Job:
     details: str = ""
     nfe: int = 0
     error: str | None = None
+    files: list[str] = field(default_factory=list)
 
     def failed(self, error: str) -> Job:
         return dataclasses.replace(self, error=error)

@@ -8,7 +8,8 @@ The model path (``-m`` or HOLOSCAN_MODEL_PATH) is a MOTFM bundle folder, or a fo
   (e.g. a 3D variant, another image size, fewer solver steps);
 - ``configs/metadata.json``: the model's name and version, written into the output's equipment attributes;
 - ``scripts/``: the bundle's code; the app reaches the network only through ``scripts.sampler``;
-- ``models/model.pt``: the weights with their model card (checked against the config).
+- ``models/model.pt``: the weights with their model card (checked against the config; for a class-conditioned
+  model it declares what the classes mean and the rule that derives them, see ``scripts.checkpoint.ModelCard``).
 """
 
 from __future__ import annotations
@@ -50,11 +51,13 @@ def find_bundle(path: Path) -> Path:
 class Model:
     """A loaded bundle: what the operators need to run it."""
 
+    file: str  # the model file, for messages
     network: torch.nn.Module
     sampler: Any  # scripts.sampler.FlowSampler
     image_size: list[int]
     num_labels: int
     num_classes: int
+    classes: dict[str, Any] | None  # the card's declaration of the classes: {"names": [...], "rule": ...}
     intensity_range: list[float]
     seed: int
     batch_size: int
@@ -106,7 +109,8 @@ class Bundle:
         parser = ConfigParser()
         parser.read_config([str(root / c) for c in CONFIGS if (root / c).is_file()])
         parser["bundle_root"] = str(root)
-        parser["ckpt_path"] = str(root / "models" / "model.pt")
+        file = str(root / "models" / "model.pt")
+        parser["ckpt_path"] = file
         try:
             card = parser.get_parsed_content("model_card")  # loads the weights into `network` after checking them
         except RuntimeError as e:  # MONAI wraps the error of a config expression; its cause says what is wrong
@@ -120,11 +124,13 @@ class Bundle:
         sampler = parser.get_parsed_content("sampler")
         value = parser.get_parsed_content
         return Model(
+            file=file,
             network=network,
             sampler=sampler,
             image_size=[int(s) for s in value("image_size")],
             num_labels=int(value("num_labels")),
             num_classes=int(value("num_classes")),
+            classes=card.get("classes"),
             intensity_range=[float(v) for v in card["intensity_range"]],
             seed=int(value("seed")),
             batch_size=int(value("batch_size")),

@@ -9,46 +9,38 @@ import numpy as np
 import torch
 
 from motfm_deploy.jobs import Job
-from motfm_deploy.model import Model, batches, plane_tensor, volume_tensor
+from motfm_deploy.model import Model, plane_tensor, to_planes, volume_tensor
 from operators.model_operator import ModelOperator
 
 logger = logging.getLogger(__name__)
-PERCENTILES = (0.5, 99.5)  # the series' intensities the model's [-1, 1] stands for
 
 
 def denoise(model: Model, job: Job) -> Job:
-    """Denoises the job's planes (2D model) or stack (3D model) with the bundle's sampler.
-
-    The model sees the series scaled from its own 0.5-99.5 percentile range to [-1, 1] (values outside are
-    clipped) and its output is scaled back, so the result keeps the source's units (HU for CT, the scanner's
-    scale for MR). The noise level is one for the series: the median over its planes of the wavelet estimate on
-    the model's grid (planes at the ends of a stack, mostly background, give unreliable estimates of their own),
-    which also lets the planes go through the sampler in batches. The model runs without mask and class (the
-    conditions it was trained to drop).
+    """Denoises the job's planes (2D model) or stack (3D model) with the bundle's denoising policy,
+    ``scripts.denoising.Denoiser``, the series as one: scaled from the 0.5-99.5 percentile range of its pixels to
+    [-1, 1], one noise level estimated for it, and scaled back, so the output keeps the source's units (HU for CT,
+    the scanner's scale for MR). The planes go to the model's grid in their units and come back to their own grids.
     """
-    from scripts.sampler import estimate_sigma
+    from scripts.data import to_source_grid
+    from scripts.denoising import Denoiser
 
     arrays = [p.pixels() for p in job.planes]
-    lo, hi = (float(v) for v in np.percentile(np.concatenate([a.ravel() for a in arrays]), PERCENTILES))
-    if not hi > lo:
-        raise ValueError(f"the series has no intensity spread (all values {lo})")
     if model.spatial_dims == 2:
         cases = [{"image": plane_tensor(p, a)} for p, a in zip(job.planes, arrays)]
     else:
         cases = [{"image": volume_tensor(job.planes, arrays)}]
-    prepared = model.prepare(cases, [lo, hi])
-    sigma = float(np.median([estimate_sigma(c["image"]) for c in prepared]))
-    outputs, nfe = [], 0
-    for chunk in batches(prepared, model.batch_size):
-        noisy = torch.stack([c["image"].as_tensor() for c in chunk]).to(model.device)
-        images, nfe = model.sampler.denoise(model.network, noisy, sigma)
-        outputs += model.restore(images, [c["image"] for c in chunk], [lo, hi])
-        logger.info(f"denoised {len(outputs)} of {len(job.planes)} planes of {job.name} (noise sigma {sigma:.4f})")
-    details = f"noise std {sigma:.4f} estimated on [-1, 1] = [{lo:g}, {hi:g}]"
-    return dataclasses.replace(job, images=np.stack(outputs), model=model.info, nfe=nfe, details=details)
+    references = [case["image"] for case in model.prepare(cases)]
+    denoiser = Denoiser(model.sampler, batch_size=model.batch_size)
+    pixels = np.concatenate([a.ravel() for a in arrays])
+    out = denoiser(model.network, torch.stack(references), "the series", pixels, device=model.device)
+    planes = [plane for image, ref in zip(out.images, references) for plane in to_planes(to_source_grid(image, ref))]
+    lo, hi = out.intensity_range
+    logger.info(f"denoised {len(planes)} planes of {job.name} (noise sigma {out.sigma:.4f} on [{lo:g}, {hi:g}])")
+    details = f"noise std {out.sigma:.4f} estimated on [-1, 1] = [{lo:g}, {hi:g}]"
+    return dataclasses.replace(job, images=np.stack(planes), model=model.info, nfe=out.nfe, details=details)
 
 
 class DenoiseOperator(ModelOperator):
-    """Runs the bundle's denoising sampler on each denoising job (``denoise``)."""
+    """Runs the bundle's denoising policy on each denoising job (``denoise``)."""
 
     work = staticmethod(denoise)

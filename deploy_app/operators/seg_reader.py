@@ -23,6 +23,10 @@ def instances(series: DICOMSeries) -> list[Dataset]:
     return [sop.get_native_sop_instance() for sop in series.get_sop_instances()]
 
 
+def files_of(datasets: list[Dataset]) -> list[str]:
+    return [file_of(ds) for ds in datasets]
+
+
 def describe(datasets: list[Dataset]) -> str:
     """A series for messages: modality, description and its first file."""
     first = datasets[0]
@@ -32,20 +36,22 @@ def describe(datasets: list[Dataset]) -> str:
 
 def denoise_job(datasets: list[Dataset]) -> Job:
     """A denoising job from an image series' instances; a problem fails the job, naming the file."""
-    name = describe(datasets)
+    name, files = describe(datasets), files_of(datasets)
     try:
-        return Job("denoise", name, read_planes(datasets))
+        return Job("denoise", name, read_planes(datasets), files=files)
     except ValueError as e:
-        return Job("denoise", name, error=str(e))
+        return Job("denoise", name, error=str(e), files=files)
 
 
 def synthesis_job(seg_ds: Dataset, study_series: list[DICOMSeries], label_map: LabelMap) -> Job:
     """A synthesis job from one SEG instance and the series of its study; a problem fails the job, naming the SEG."""
     where = file_of(seg_ds)
+    files = [where]
     try:
         seg = hd.seg.Segmentation.from_dataset(seg_ds)
         referenced = {uid for _, uid, _ in seg.get_source_image_uids()}
         sources = [instances(s) for s in study_series if s.SeriesInstanceUID in referenced]
+        files += [file for source in sources for file in files_of(source)]
         if len(sources) != 1:
             raise ValueError(
                 f"its source series {sorted(referenced) or '(none referenced)'} is not in the input; "
@@ -62,8 +68,8 @@ def synthesis_job(seg_ds: Dataset, study_series: list[DICOMSeries], label_map: L
                 )
         labels = seg_labels(seg, planes, label_map, where)
     except Exception as e:
-        return Job("synthesize", f"DICOM SEG {where}", seg=seg_ds, error=f"{where}: {e}")
-    return Job("synthesize", f"DICOM SEG {where} on {describe(sources[0])}", planes, labels, seg_ds)
+        return Job("synthesize", f"DICOM SEG {where}", seg=seg_ds, error=f"{where}: {e}", files=files)
+    return Job("synthesize", f"DICOM SEG {where} on {describe(sources[0])}", planes, labels, seg_ds, files=files)
 
 
 def seg_labels(seg: hd.seg.Segmentation, planes: list[Plane], label_map: LabelMap, where: str) -> np.ndarray:
@@ -139,12 +145,14 @@ class SegReaderOperator(Operator):
         images = [instances(s) for s in chosen if instances(s)[0].SOPClassUID in MODALITIES]
         task = self.task or ("synthesize" if segs else "denoise")
         study = f"study {selection.study.StudyInstanceUID}"
+        files = [file for s in chosen for file in files_of(instances(s))]
         if task == "synthesize":
             if not segs:
-                files = ", ".join(file_of(instances(s)[0]) for s in chosen)
-                return [Job(task, study, error=f"{study} ({files}): no DICOM SEG to synthesize from")]
+                first = ", ".join(file_of(instances(s)[0]) for s in chosen)
+                return [Job(task, study, error=f"{study} ({first}): no DICOM SEG to synthesize from", files=files)]
             return [synthesis_job(ds, selection.study.get_all_series(), self.label_map) for ds in segs]
         if not images:
             found = "; ".join(describe(instances(s)) for s in chosen)
-            return [Job(task, study, error=f"{study} has no CT or MR image series to denoise (found {found})")]
+            error = f"{study} has no CT or MR image series to denoise (found {found})"
+            return [Job(task, study, error=error, files=files)]
         return [denoise_job(datasets) for datasets in images]

@@ -13,6 +13,7 @@ from pydicom import config
 
 from motfm_deploy.header import DerivedSeries
 from motfm_deploy.jobs import Job
+from motfm_deploy.report import Problem, RunReport
 
 logger = logging.getLogger(__name__)
 
@@ -47,14 +48,15 @@ class SeriesWriterOperator(Operator):
     """Writes each finished job as a new series in the output folder (``write_series``), then, if anything
     failed (an unusable file, a failed job), raises ``RunFailures`` listing every failure: the run ends in error
     and names the files, while the series that succeeded are kept. A run that selects nothing is an error too.
+    Each series written and each failure go into the run's ``report``.
 
     Named inputs:
         synthesized, denoised: list[Job] from the synthesis and denoising operators.
-        failures: list[str], files the loader could not use.
+        failures: list[Problem], files the loader could not use.
     """
 
-    def __init__(self, fragment: Fragment, *args, output_folder: Path, **kwargs) -> None:
-        self.output_folder = Path(output_folder)
+    def __init__(self, fragment: Fragment, *args, output_folder: Path, report: RunReport, **kwargs) -> None:
+        self.output_folder, self.report = Path(output_folder), report
         super().__init__(fragment, *args, **kwargs)
 
     def setup(self, spec: OperatorSpec) -> None:
@@ -64,21 +66,23 @@ class SeriesWriterOperator(Operator):
 
     def compute(self, op_input, op_output, context) -> None:
         jobs = op_input.receive("synthesized") + op_input.receive("denoised")
-        failures = list(op_input.receive("failures"))
+        report = self.report
+        report.problems.extend(op_input.receive("failures"))
         self.output_folder.mkdir(parents=True, exist_ok=True)
-        written = []
         for job in jobs:
             if job.error is not None:
-                failures.append(job.error)
+                report.problems.append(Problem(job.files, job.error))
                 continue
             try:
-                written.append(write_series(job, self.output_folder))
+                report.add_series(job, write_series(job, self.output_folder))
             except Exception as e:
                 logger.exception(f"writing failed: {job.name}")
-                failures.append(f"{job.name}: writing its output failed: {type(e).__name__}: {e}")
-        logger.info(f"{len(written)} series written to {self.output_folder}, {len(failures)} failures")
-        if failures:
-            lines = "\n".join(f"- {f}" for f in failures)
-            raise RunFailures(f"{len(failures)} input problems ({len(written)} series written):\n{lines}")
+                message = f"{job.name}: writing its output failed: {type(e).__name__}: {e}"
+                report.problems.append(Problem(job.files, message))
+        written, problems = len(report.series), report.problems
+        logger.info(f"{written} series written to {self.output_folder}, {len(problems)} failures")
+        if problems:
+            lines = "\n".join(f"- {p.message}" for p in problems)
+            raise RunFailures(f"{len(problems)} input problems ({written} series written):\n{lines}")
         if not written:
             raise RunFailures("no series to process: the selection rules matched no series in the input")

@@ -12,6 +12,8 @@ from monai.deploy.operators.dicom_data_loader_operator import DICOMDataLoaderOpe
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
+from motfm_deploy.report import Problem
+
 logger = logging.getLogger(__name__)
 UIDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
 
@@ -19,14 +21,15 @@ UIDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"
 class StudyLoaderOperator(DICOMDataLoaderOperator):
     """The SDK's DICOM loader, made tolerant: one bad file does not stop the run, and none is dropped silently.
 
-    - a file that is not DICOM is skipped with a warning naming it;
+    - a file that is not DICOM, or a DICOMDIR (a media index; the files it references are read like any other),
+      is skipped with a warning naming it;
     - a DICOM file that cannot be parsed or lacks its UIDs is a failure naming it, reported at the end of the
       run (the other files are still used);
     - every instance is kept (the SDK loader keeps one instance per position, which loses instances).
 
     Named outputs:
         dicom_study_list: list[DICOMStudy], as the SDK loader gives (for the SDK's series selector).
-        failures: list[str], one message per unusable file.
+        failures: list[Problem], one per unusable file.
     """
 
     def setup(self, spec: OperatorSpec) -> None:
@@ -38,7 +41,7 @@ class StudyLoaderOperator(DICOMDataLoaderOperator):
         op_output.emit(studies, self.output_name)
         op_output.emit(failures, "failures")
 
-    def load(self, folder: Path) -> tuple[list[DICOMStudy], list[str]]:
+    def load(self, folder: Path) -> tuple[list[DICOMStudy], list[Problem]]:
         """Reads every file under ``folder``; returns the studies and the failures. Raises ValueError if nothing
         in ``folder`` is a usable DICOM instance."""
         if not folder.is_dir():
@@ -46,7 +49,8 @@ class StudyLoaderOperator(DICOMDataLoaderOperator):
         files = sorted(p for p in folder.rglob("*") if p.is_file())
         studies: dict[str, DICOMStudy] = {}
         series: dict[str, DICOMSeries] = {}
-        failures, skipped, seen = [], [], set()
+        failures: list[Problem] = []
+        skipped, seen = [], set()
         for count, path in enumerate(files, 1):
             if count % 500 == 0:
                 logger.info(f"read {count} of {len(files)} files")
@@ -57,23 +61,28 @@ class StudyLoaderOperator(DICOMDataLoaderOperator):
                 skipped.append(f"{path}: not a DICOM file")
                 continue
             except Exception as e:
-                failures.append(f"{path}: corrupt DICOM file ({type(e).__name__}: {e})")
+                failures.append(Problem([str(path)], f"{path}: corrupt DICOM file ({type(e).__name__}: {e})"))
+                continue
+            if ds.file_meta.get("MediaStorageSOPClassUID") in self.SOP_CLASSES_TO_IGNORE:
+                logger.warning(f"{path}: a DICOMDIR, skipped (the files it references are read like any other)")
+                skipped.append(f"{path}: a DICOMDIR")
                 continue
             missing = [k for k in UIDS if not ds.get(k)]
             if missing:
-                failures.append(f"{path}: not a usable DICOM instance (no {', '.join(missing)})")
+                failures.append(Problem([str(path)], f"{path}: not a usable DICOM instance (no {', '.join(missing)})"))
                 continue
-            if ds.SOPClassUID in self.SOP_CLASSES_TO_IGNORE or ds.SOPInstanceUID in seen:
-                logger.info(f"{path}: a DICOMDIR or an instance read before, skipped")
+            if ds.SOPInstanceUID in seen:
+                logger.info(f"{path}: an instance read before, skipped")
                 continue
             try:
                 self._add(ds, studies, series)
             except Exception as e:
-                failures.append(f"{path}: unreadable study or series attributes ({type(e).__name__}: {e})")
+                message = f"{path}: unreadable study or series attributes ({type(e).__name__}: {e})"
+                failures.append(Problem([str(path)], message))
                 continue
             seen.add(ds.SOPInstanceUID)
         if not studies:
-            problems = (failures + skipped)[:10] or [f"{folder} holds no files"]
+            problems = ([f.message for f in failures] + skipped)[:10] or [f"{folder} holds no files"]
             raise ValueError(f"no DICOM study in input folder {folder}: " + "; ".join(problems))
         logger.info(f"read {len(seen)} instances of {len(series)} series in {len(studies)} studies from {folder}")
         return list(studies.values()), failures

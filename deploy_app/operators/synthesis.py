@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 
 import numpy as np
 from monai.data import list_data_collate
@@ -36,16 +37,45 @@ def axial_levels(planes: list[Plane], labels: np.ndarray) -> list[int | None]:
     return [axial_level(int(np.clip(r, lo, hi)), lo, hi) for r in rank]
 
 
+ClassRule = Callable[[list[Plane], np.ndarray], list[int | None]]
+# the rules a model card may name for its classes: how the app derives them from a plane stack and its labels,
+# and how many classes the rule gives
+CLASS_RULES: dict[str, tuple[ClassRule, int]] = {"axial_level": (axial_levels, 3)}
+
+
+def class_rule(model: Model) -> ClassRule:
+    """The rule that gives a class-conditioned model's classes, as its card declares. Raises ValueError naming the
+    model file when the card declares none, or a rule this app does not know or that gives another number of
+    classes: the app cannot tell which class a plane is for such a model."""
+    declared = model.classes or {}
+    rule, names = declared.get("rule"), declared.get("names")
+    meaning = f" ({', '.join(map(str, names))})" if names else ""
+    if rule not in CLASS_RULES:
+        how = f"names the class rule {rule!r}" if rule else "declares no rule for its classes"
+        raise ValueError(
+            f"model file {model.file}: a model of {model.num_classes} classes{meaning} whose card {how}; this app "
+            f"derives classes by {sorted(CLASS_RULES)} only, so it cannot synthesize with it (`classes` in the "
+            "training config declares them; a model file without a declaration takes them from configs/deploy.json)"
+        )
+    derive, count = CLASS_RULES[rule]
+    if count != model.num_classes:
+        raise ValueError(
+            f"model file {model.file}: its card names the class rule {rule!r}, which gives {count} classes, for a "
+            f"model of {model.num_classes} classes"
+        )
+    return derive
+
+
 def synthesis_cases(model: Model, job: Job) -> list[dict]:
     """The model's inputs for a job: one case per plane (2D model) or one for the stack (3D model), each with its
-    labels, its class (axial level, or "no class") and its index (which picks its noise)."""
+    labels, its class (by the rule its card declares, or "no class") and its index (which picks its noise)."""
     labels = job.labels.astype(np.float32)
     if model.spatial_dims == 3:
         return [{"label": volume_tensor(job.planes, labels), "class": model.num_classes, "index": 0}]
-    levels = axial_levels(job.planes, job.labels)
+    classes = class_rule(model)(job.planes, job.labels) if model.num_classes else [None] * len(job.planes)
     return [
         {"label": plane_tensor(p, m), "class": model.num_classes if c is None else c, "index": i}
-        for i, (p, m, c) in enumerate(zip(job.planes, labels, levels))
+        for i, (p, m, c) in enumerate(zip(job.planes, labels, classes))
     ]
 
 
@@ -59,8 +89,9 @@ def synthesize(model: Model, job: Job) -> Job:
         images, nfe = model.sampler.generate(model.network, batch, [1, *model.image_size], model.seed, model.device)
         outputs += model.restore(images, [c["label"] for c in chunk], model.intensity_range)
         logger.info(f"synthesized {len(outputs)} of {len(job.planes)} planes of {job.name}")
-    levels = sorted({c["class"] for c in cases if c["class"] != model.num_classes})
-    details = (f"axial level classes {levels}" if levels else "no class") if model.num_classes else ""
+    given = sorted({c["class"] for c in cases if c["class"] != model.num_classes})
+    rule = str((model.classes or {}).get("rule", "")).replace("_", " ")
+    details = (f"{rule} classes {given}" if given else "no class") if model.num_classes else ""
     return dataclasses.replace(job, images=np.stack(outputs), model=model.info, nfe=nfe, details=details)
 
 

@@ -1,43 +1,31 @@
-"""DICOM inputs and a tiny bundle for the deploy app's tests and benchmark.
-
-Series are written from the data_dir MNI152 volume (bundle/data/3d: a 2 mm T1 image and its tissue labels) with
-the headers a real scanner writes, faults included (an invalid Patient's Sex, an over-long Study Description, an
-empty Laterality, vendor private elements, an overlay): the app must copy none of those faults. Planes may be
-oblique and unevenly spaced; the image is resampled onto them, so every fixture is a true picture of its geometry.
+"""DICOM studies for the deploy app and the node, written from a synthetic subject's volume (bundle/data/3d: a 2 mm
+T1 image and its tissue labels) with the headers a real scanner writes, faults included (an invalid Patient's Sex,
+an over-long Study Description, an empty Laterality, vendor private elements, an overlay): the app must copy none
+of those faults. Planes may be oblique and unevenly spaced; the image is resampled onto them, so every study is a
+true picture of its geometry.
 """
 
 from __future__ import annotations
 
 import copy
-import json
-import shutil
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import highdicom as hd
 import nibabel as nib
 import numpy as np
-import torch
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.fileset import FileSet
 from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 from scipy.ndimage import map_coordinates
 
-ROOT = Path(__file__).resolve().parents[1]
-BUNDLE_VERSION = json.loads((ROOT / "bundle" / "configs" / "metadata.json").read_text())["version"]
-BUNDLE = ROOT / "bundle"
 SEGMENTS = (  # model label, segment label, property type
     (1, "Cerebrospinal fluid", codes.SCT.CerebrospinalFluid),
     (2, "Grey matter", codes.SCT.GrayMatter),
     (3, "White matter", codes.SCT.WhiteMatter),
 )
-TINY_UNET = {  # the network of the tests: the real structure (levels, attention, ControlNet), tiny
-    "channels": [8, 16],
-    "attention_levels": [False, True],
-    "num_res_blocks": 1,
-    "num_head_channels": 8,
-    "norm_num_groups": 4,
-}
 
 
 def stack_geometry(
@@ -203,6 +191,16 @@ def write_seg(
     return seg
 
 
+def write_file_set(files: Sequence[Path], folder: Path) -> Path:
+    """The files as a DICOM File-set in ``folder``, as on a CD a patient brings: copied to PT*/ST*/SE*/IM* and
+    indexed by a DICOMDIR (pydicom's ``FileSet``); returns the DICOMDIR's path."""
+    file_set = FileSet()
+    for file in files:
+        file_set.add(file)
+    file_set.write(folder)
+    return folder / "DICOMDIR"
+
+
 def write_enhanced(path: Path, source: list[Dataset]) -> Dataset:
     """Writes the series as one legacy converted enhanced MR object (per-frame geometry); returns it."""
     image = hd.legacy.LegacyConvertedEnhancedMRImage(conformant(source), generate_uid(), 5, generate_uid(), 1)
@@ -211,26 +209,31 @@ def write_enhanced(path: Path, source: list[Dataset]) -> Dataset:
     return image
 
 
-def make_bundle(folder: Path, image_size=(32, 32), variant: str = "mask_class_2d", num_steps: int = 2) -> Path:
-    """A bundle with a tiny, untrained network: the real configs and scripts, configs/deploy.json overrides for
-    the tiny network, and models/model.pt. ``variant``: a file of bundle/configs/variants."""
-    import sys
+@dataclass
+class Study:
+    """A study written to disk: its UID, files, series UIDs, and whether it has a SEG (synthesis) or not."""
 
-    sys.path.insert(0, str(BUNDLE))
-    from scripts.checkpoint import ModelCard, save_model
-    from scripts.networks import ConditionalUNet
+    uid: str
+    files: list[Path]
+    series: set[str]
+    slices: int
+    has_seg: bool
 
-    (folder / "configs").mkdir(parents=True)
-    for name in ("inference.json", "metadata.json"):
-        shutil.copy(BUNDLE / "configs" / name, folder / "configs" / name)
-    (folder / "scripts").symlink_to(BUNDLE / "scripts")
-    overrides = json.loads((BUNDLE / "configs" / "variants" / f"{variant}.json").read_text())
-    overrides = {k: v for k, v in overrides.items() if k in ("variant", "num_labels", "num_classes")}
-    overrides.update({"image_size": list(image_size), "unet": TINY_UNET, "num_steps": num_steps, "device": "cpu"})
-    (folder / "configs" / "deploy.json").write_text(json.dumps(overrides, indent=1))
-    torch.manual_seed(0)
-    classes, labels = overrides.get("num_classes", 3), overrides.get("num_labels", 4)
-    network = ConditionalUNet(len(image_size), num_classes=classes, num_labels=labels, **TINY_UNET)
-    card = ModelCard("flow", network.config, image_size, [0.0, 900.0], overrides["variant"])
-    save_model(str(folder / "models" / "model.pt"), network, None, card)
-    return folder
+
+def load_volumes(data_dir: Path) -> tuple[nib.Nifti1Image, nib.Nifti1Image]:
+    """A test subject's T1 volume and its tissue labels (bundle/scripts/synthetic_subjects.py; the bundle's folder
+    must be on sys.path)."""
+    from scripts.synthetic_subjects import subject_volume
+
+    return subject_volume(str(data_dir))
+
+
+def write_study(folder: Path, volumes: tuple[nib.Nifti1Image, nib.Nifti1Image], seg: bool, slices: int = 4) -> Study:
+    """A small MR study (``slices`` planes of 32 x 32, 6 mm) from ``volumes``, with a SEG of its tissues if ``seg``:
+    the app then synthesizes, else it denoises."""
+    source = write_mr_series(folder / "mr", volumes[0], study_header(), slices, shape=(32, 32), spacing=6.0)
+    series = {source[0].SeriesInstanceUID}
+    if seg:
+        series.add(write_seg(folder / "seg.dcm", source, volumes[1]).SeriesInstanceUID)
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    return Study(source[0].StudyInstanceUID, files, series, slices, seg)

@@ -1,0 +1,70 @@
+"""The model files the quick start runs (bundle/models) load on CPU, sample, and score near the documented figures
+(bundle/docs/records/generalisation.json) on test subjects they never saw."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from tables import RECORDS
+
+from conftest import BUNDLE, run_bundle
+
+DOCUMENTED = next(
+    row["metrics"]
+    for row in json.loads((RECORDS / "generalisation.json").read_text())["rows"]
+    if row["data"] == "test subjects" and row["method"] == "model"
+)
+TOLERANCE = 0.1  # a dozen slices of two subjects against the record's four subjects
+
+
+@pytest.fixture(scope="module")
+def shipped_metrics(data_dir, tmp_path_factory) -> dict:
+    """evaluate.json with the shipped flow model, segmenter and classifier, and the documented sampler settings, on
+    every fourth test slice of the test data set."""
+    full = json.loads((data_dir / "datalist_2d.json").read_text())
+    folder = tmp_path_factory.mktemp("shipped")
+    datalist = folder / "datalist.json"
+    datalist.write_text(json.dumps({"test": full["test"][::4]}))
+    run_bundle(
+        ["inference.json", "evaluate.json"],
+        dataset_dir=str(data_dir),
+        datalist=str(datalist),
+        output_dir=str(folder / "eval"),
+        solver=DOCUMENTED["solver"],
+        num_steps=DOCUMENTED["num_steps"],
+        diversity_cases=4,
+        bootstrap_draws=50,
+    )
+    return json.loads((folder / "eval" / "metrics.json").read_text())
+
+
+def test_the_shipped_model_follows_unseen_masks_as_documented(shipped_metrics):
+    m = shipped_metrics
+    assert m["num_generated"] >= 10 and m["nfe"] == DOCUMENTED["nfe"]
+    for key in ("mask_dice", "mask_dice_real", "correlation_in_mask"):
+        assert abs(m[key] - DOCUMENTED[key]) < TOLERANCE, (key, m[key], DOCUMENTED[key])
+    assert m["model"]["iterations"] == DOCUMENTED["model"]["iterations"]  # the documented model is the shipped one
+
+
+def test_the_shipped_classifier_reads_the_axial_level(shipped_metrics):
+    assert shipped_metrics["class_accuracy_real"] > 0.8  # three levels: chance is a third
+    assert shipped_metrics["class_accuracy"] is not None
+
+
+def test_the_shipped_ddpm_baseline_loads_and_samples(data_dir, tmp_path):
+    full = json.loads((data_dir / "datalist_2d.json").read_text())
+    datalist = tmp_path / "datalist.json"
+    datalist.write_text(json.dumps({"test": full["test"][:2]}))
+    run_bundle(
+        ["inference.json", "inference_ddpm.json"],
+        dataset_dir=str(data_dir),
+        datalist=str(datalist),
+        output_dir=str(tmp_path / "ddpm"),
+        num_steps=5,
+    )
+    info = json.loads((tmp_path / "ddpm" / "info.json").read_text())
+    assert info["num_cases"] == 2 and info["nfe"] == 5
+    card = torch.load(BUNDLE / "models" / "model_ddpm.pt", weights_only=True)["card"]
+    assert card["method"] == "ddpm" and card["schedule"]["num_train_timesteps"] == 1000
