@@ -31,22 +31,30 @@ from records import ROOT, machine, save
 SLICES, SLICE_GAP, MATRIX, NFE = 20, 5.0, (256, 256), 10
 
 
-def write_inputs(folder: Path):
-    """The 20-slice MR series (256 x 256, 1 mm pixels, 5 mm apart) and its SEG, from a test subject's volume."""
+def write_inputs(folder: Path, data_dir: Path):
+    """The 20-slice MR series (256 x 256, 1 mm pixels, 5 mm apart) and its SEG, from a test subject's volume of
+    ``data_dir`` (without one there: of a one-subject-per-split data set built in ``folder``)."""
     from scripts.synthetic_subjects import build, subject_volume
     from testbed.studies import study_header, write_mr_series, write_seg
 
-    data = ROOT / "bundle" / "data"
+    data = data_dir
     if not (data / "datalist_3d.json").is_file():
-        data = Path(build(str(folder / "data")))
+        data = Path(build(str(folder / "data"), subjects=(1, 1, 1)))
     image, labels = subject_volume(str(data))
     gaps = [SLICE_GAP] * (SLICES - 1)
     source = write_mr_series(folder / "in" / "t1", image, study_header(), SLICES, gaps=gaps, shape=MATRIX, spacing=1)
     return source, write_seg(folder / "in" / "seg.dcm", source, labels)
 
 
-def main(model: str | None = None, repeats: int = 3, threads: int = 1, out: str = "results/deploy_latency.json"):
-    """Times the app ``repeats`` times and the model alone as often, interleaved; prints and saves the timings."""
+def main(
+    model: str | None = None,
+    repeats: int = 3,
+    threads: int = 1,
+    out: str = "results/deploy_latency.json",
+    data_dir: str = str(ROOT / "bundle" / "data"),
+):
+    """Times the app ``repeats`` times and the model alone as often, interleaved; prints and saves the timings.
+    The study is written from a test subject of ``data_dir``."""
     start = time.perf_counter()
     from app import MotfmApp
 
@@ -64,7 +72,7 @@ def main(model: str | None = None, repeats: int = 3, threads: int = 1, out: str 
     torch.set_num_threads(threads)
     work = Path(tempfile.mkdtemp(prefix="deploy_latency-"))
     try:
-        source, seg = write_inputs(work)
+        source, seg = write_inputs(work, Path(data_dir))
         shipped = (ROOT / "bundle" / "models" / "model.pt").is_file()
         bundle = Path(model) if model else ROOT / "bundle" if shipped else make_bundle(work / "bundle")
         loaded = Bundle(bundle).model

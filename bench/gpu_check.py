@@ -531,22 +531,17 @@ def training(result: dict, sizes: Sizes, device: torch.device, data_dir: str) ->
     )
 
 
-def deploy(result: dict, sizes: Sizes, device: torch.device) -> None:
+def deploy(result: dict, sizes: Sizes, device: torch.device, data_dir: str) -> None:
     import deploy_latency
 
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
     from testbed.bundles import make_bundle, tiny_deploy
 
-    if sizes.deploy_tiny and not (ROOT / "bundle" / "data" / "datalist_3d.json").is_file():
-        raise FileNotFoundError(
-            "bench/deploy_latency.py writes its study from bundle/data, which is missing: it would build the full "
-            "data set, too slow for --smoke"
-        )
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "deploy_latency.json"
         model = str(make_bundle(Path(tmp) / "bundle", tiny_deploy(num_steps=10))) if sizes.deploy_tiny else None
-        deploy_latency.main(model=model, repeats=sizes.deploy_repeats, threads=torch.get_num_threads(), out=str(out))
+        deploy_latency.main(
+            model=model, repeats=sizes.deploy_repeats, threads=torch.get_num_threads(), out=str(out), data_dir=data_dir
+        )
         result.update(json.loads(out.read_text()))
 
 
@@ -592,7 +587,7 @@ def main(
         "memory_3d": lambda r, box: memory_3d(r, sizes, device, box),
         "ddp": lambda r, box: ddp(r, sizes, device, smoke, box),
         "training": lambda r, box: training(r, sizes, device, data_dir),
-        "deploy": lambda r, box: deploy(r, sizes, device),
+        "deploy": lambda r, box: deploy(r, sizes, device, data_dir),
     }
     for name in chosen:
         left = deadline - (time.perf_counter() - STARTED)

@@ -14,5 +14,5 @@ fi
 pip install -q -r requirements.txt
 ruff check .
 python -m pytest -q tests "$@"
-# the deploy app's container image: built once per set of inputs (about 8 minutes the first time), then reused
+# the deploy app's container image: built once per set of inputs (some minutes the first time), then reused
 python -m pytest -q -m container tests/test_container.py
