@@ -27,9 +27,10 @@ from pathlib import Path
 import fire
 import nibabel as nib
 import numpy as np
-import torch
 from records import ROOT, publish, run_info, workflow
 from tables import denoising_table
+
+from scripts.checkpoint import read_checkpoint
 
 SETS = ("test subjects", "other units, linear", "other units, gamma and bias")
 
@@ -104,7 +105,7 @@ def main(
         result = json.loads((run_dir / "denoising.json").read_text())
         sets[name] = {key: result[key] for key in ("num_cases", "num_series", "intensities")}
         rows += [{"data": name, **row} for row in result["rows"]]
-    card = torch.load(ckpt_path, map_location="cpu", weights_only=True)["card"]
+    card = read_checkpoint(ckpt_path)["card"]
     provenance = card.get("provenance") or {}
     record = {
         **run_info("denoising"),

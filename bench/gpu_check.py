@@ -255,6 +255,23 @@ def network_2d(result: dict, sizes: Sizes, device: torch.device) -> None:
         result["variants"][name] = row
 
 
+def training_step(
+    network: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    data: tuple,
+    device: torch.device,
+    dtype: torch.dtype | None,
+) -> None:
+    """One MSE training step of ``network`` on ``data`` = (x, timesteps, conditions, target), under
+    ``autocast(device, dtype)``."""
+    x, t, cond, target = data
+    with autocast(device, dtype):
+        loss = F.mse_loss(network(x, t, **cond).float(), target)
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
 def time_variant(
     net: torch.nn.Module,
     data: tuple,
@@ -277,12 +294,7 @@ def time_variant(
         with torch.no_grad(), autocast(device, dtype):
             run(x, t, **cond)
 
-    def step() -> None:
-        with autocast(device, dtype):
-            loss = F.mse_loss(run(x, t, **cond).float(), target)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+    step = partial(training_step, run, optimizer, (x, t, cond, target), device, dtype)
 
     reset_memory(device)
     first = time.perf_counter()
@@ -339,12 +351,7 @@ def memory_3d(result: dict, sizes: Sizes, device: torch.device, box: float) -> N
             x, t, cond = _inputs(net, 1, side, device)
             x = x.contiguous(memory_format=layout)
 
-            def step() -> None:
-                with autocast(device, dtype):
-                    loss = F.mse_loss(net(x, t, **cond).float(), x)
-                loss.backward()
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+            step = partial(training_step, net, optimizer, (x, t, cond, x), device, dtype)
 
             step()
             return {

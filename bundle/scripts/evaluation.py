@@ -71,6 +71,18 @@ def _with_ci(values: dict, ci: dict, name: str, value: float | None, interval: l
         ci[name] = interval
 
 
+def _mean_with_ci(values: dict, name: str, per_case: torch.Tensor, draws: int) -> None:
+    """``values[name]``: the mean of per-case values (N,), with its bootstrap interval over cases in ``ci95``."""
+    per_case = per_case.double()
+    _with_ci(
+        values,
+        values["ci95"],
+        name,
+        float(per_case.mean()),
+        metrics.bootstrap_ci(lambda i: float(per_case[i].mean()), len(per_case), draws),
+    )
+
+
 class Evaluation:
     """Computes the metrics of a generated set against the real cases it was generated for.
 
@@ -253,15 +265,8 @@ class Evaluation:
                 predicted = downstream.predict(segmenter, images.to(self.device))
                 per_case[key] = metrics.dice_per_case(masks, predicted, self.num_labels)
         for key, v in per_case.items():
-            v = v.double()
             finite = torch.isfinite(v) if key != "psnr_paired" else ~torch.isnan(v)
-            _with_ci(
-                values,
-                values["ci95"],
-                key,
-                float(v[finite].mean()),
-                metrics.bootstrap_ci(lambda i, v=v[finite]: float(v[i].mean()), int(finite.sum()), self.draws),
-            )
+            _mean_with_ci(values, key, v[finite], self.draws)
 
     def _class_accuracy(self, values: dict, real: torch.Tensor, generated: torch.Tensor) -> None:
         """How often the classifier gives a generated image its case's class, beside how often a real one."""
@@ -277,14 +282,7 @@ class Evaluation:
         classifier = downstream.load(self.classifier_path, "classifier", self.image_size, self.num_classes, self.device)
         classes = torch.tensor([int(c["class"]) for c in self.real_cases])
         for key, images in (("class_accuracy", generated), ("class_accuracy_real", real)):
-            right = (downstream.predict(classifier, images) == classes).double()
-            _with_ci(
-                values,
-                values["ci95"],
-                key,
-                float(right.mean()),
-                metrics.bootstrap_ci(lambda i, v=right: float(v[i].mean()), len(right), self.draws),
-            )
+            _mean_with_ci(values, key, downstream.predict(classifier, images) == classes, self.draws)
 
     def _conditional_diversity(self, values: dict) -> None:
         values["conditional_ms_ssim"] = None
@@ -303,16 +301,10 @@ class Evaluation:
             self.sampler.generate(self.network, batch, shape, self.seed + 7919 * (k + 1), self.device)[0].cpu()
             for k in range(self.diversity_samples)
         ]
-        per_case = metrics.conditional_ms_ssim(torch.stack(samples, dim=1)).double()
         values["conditional_ms_ssim_cases"] = len(cases)
         values["conditional_ms_ssim_samples"] = self.diversity_samples
-        _with_ci(
-            values,
-            values["ci95"],
-            "conditional_ms_ssim",
-            float(per_case.mean()),
-            metrics.bootstrap_ci(lambda i: float(per_case[i].mean()), len(per_case), self.draws),
-        )
+        per_case = metrics.conditional_ms_ssim(torch.stack(samples, dim=1))
+        _mean_with_ci(values, "conditional_ms_ssim", per_case, self.draws)
 
     def _load_segmenter(self, skipped: dict) -> nn.Module | None:
         """The segmenter of mask Dice and of the feature metrics; None (and why, in ``skipped``) without one."""
