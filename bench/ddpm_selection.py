@@ -14,25 +14,16 @@ Writes ``ddpm_selection.json`` (one record) and ``ddpm_selection.md`` (its table
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import fire
-from records import ROOT, generate_and_evaluate, publish, run_info, workflow
+from records import ROOT, generate_and_evaluate, publish, run_info, split_subset, workflow
 from tables import ddpm_selection_table
 
 from scripts.diffusion import NOISE_SCHEDULES, PREDICTION_TYPES
 
 RANKED_BY = "fd_segmenter_features"
-
-
-def validation_subset(datalist: str, stride: int, out: Path) -> str:
-    """A datalist whose ``validation`` split is every ``stride``-th validation case of ``datalist``."""
-    content = json.loads(Path(datalist).read_text())
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"validation": content["validation"][::stride]}, indent=1))
-    return str(out)
 
 
 def main(
@@ -57,7 +48,7 @@ def main(
     data_dir = str(Path(data_dir).resolve())
     start = time.perf_counter()
     datalist = datalist or f"{data_dir}/datalist_{variant.rsplit('_', 1)[-1]}.json"
-    subset = validation_subset(datalist, case_stride, work / "validation_subset.json")
+    subset = split_subset(datalist, "validation", case_stride, work / "validation_subset.json")
     common = {"dataset_dir": data_dir, "seed": seed, **overrides}
     rows = []
     for noise_schedule in noise_schedules:

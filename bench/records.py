@@ -63,6 +63,47 @@ def publish(record: dict, out_dir: str | Path, formatter) -> str:
     return table
 
 
+def split_subset(datalist: str, split: str, stride: int, out: Path) -> str:
+    """A datalist at ``out`` whose ``split`` is every ``stride``-th case of that split of ``datalist``."""
+    content = json.loads(Path(datalist).read_text())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({split: content[split][::stride]}, indent=1))
+    return str(out)
+
+
+def test_subset(overrides: dict, case_stride: int, work: Path) -> dict:
+    """``overrides`` with a datalist (written in ``work``) of every ``case_stride``-th case of the test split of the
+    datalist they name (the bundle's default if none); unchanged for a stride of 1."""
+    if case_stride <= 1:
+        return dict(overrides)
+    datalist = workflow(["inference.json"], **overrides).parser.get_parsed_content("datalist")
+    return {**overrides, "datalist": split_subset(datalist, "test", case_stride, work / "test_subset.json")}
+
+
+def one_batch(overrides: dict, ckpt_path: str) -> dict:
+    """``overrides`` with a batch size that generates all the evaluated cases in one network batch."""
+    cases = workflow(["inference.json", "evaluate.json"], ckpt_path=ckpt_path, **overrides)
+    return {"batch_size": len(cases.parser.get_parsed_content("real_cases")), **overrides}
+
+
+def resumable(folder: Path, key: dict, measure, *args) -> dict:
+    """``measure(*args)``'s result, saved as ``folder/result.json`` beside ``key`` (what it depends on: settings,
+    checkpoint digests): a rerun with the same key reads it back instead of measuring again, so a long benchmark
+    continues where it was interrupted."""
+    saved = folder / "result.json"
+    if saved.is_file():
+        content = json.loads(saved.read_text())
+        if content.get("key") == key:
+            print(f"reusing {saved}")
+            return content["result"]
+    result = measure(*args)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = saved.with_name(".result.json.tmp")
+    tmp.write_text(json.dumps({"key": key, "result": result}, indent=1))
+    tmp.replace(saved)
+    return result
+
+
 def workflow(configs: list[str], **overrides):
     """An initialised bundle workflow from config files under bundle/configs (later files override earlier)."""
     from monai.bundle import ConfigWorkflow

@@ -12,11 +12,14 @@ configs, then:
   batch (trainer overhead ratio).
 
 Writes ``sampling.json`` (one record), ``sampling.md`` (its table, as the docs show it), ``quality_vs_nfe.png``
-and ``quality_vs_seconds.png`` into ``out_dir``.
+and ``quality_vs_seconds.png`` into ``out_dir``. Each setting's result is kept in ``work_dir`` with the settings and
+checkpoint digests it depends on: rerun the same command after an interruption and it goes on from the first
+setting not yet measured (DDPM's 1000 steps take hours on a CPU; ``--case_stride`` samples every k-th test slice).
 
     python bench/sampling.py                                     # the default sweep on the test split
     python bench/sampling.py --out_dir bundle/docs/records       # to update the documented record
     python bench/sampling.py --ddpm_steps 0 --ddim_steps "(10,50)"   # a quicker one; see --help for every flag
+    python bench/sampling.py --case_stride 4 --out_dir bundle/docs/records   # the documented run (every 4th slice)
 """
 
 from __future__ import annotations
@@ -25,17 +28,19 @@ import json
 import os
 import tempfile
 import time
+from pathlib import Path
 
 import fire
 import torch
 from ignite.engine import Events
-from records import ROOT, generate_and_evaluate, publish, run_info, workflow
+from records import ROOT, generate_and_evaluate, one_batch, publish, resumable, run_info, test_subset, workflow
 from tables import sampling_table
 
 from scripts.batches import GenerativePrepareBatch, conditions
 from scripts.checkpoint import read_checkpoint
 from scripts.data import load_batch
 from scripts.flow import FlowPath
+from scripts.provenance import file_sha256
 from scripts.visualize import plt
 
 QUALITY = (
@@ -150,9 +155,11 @@ def main(
     flow_ckpt: str = str(ROOT / "bundle/models/model.pt"),
     ddpm_ckpt: str = str(ROOT / "bundle/models/model_ddpm.pt"),
     out_dir: str = "results/sampling",
+    work_dir: str = "results/sampling_runs",
     nfe: tuple = (1, 2, 4, 10),
     ddim_steps: tuple = (10, 50, 250),
     ddpm_steps: int = 1000,
+    case_stride: int = 1,
     train_iterations: int = 30,
     overrides: str = "{}",
 ) -> None:
@@ -160,31 +167,37 @@ def main(
 
     Args:
         flow_ckpt, ddpm_ckpt: the two models (trained alike; the shipped ones by default).
-        out_dir: where results, table and plots go.
+        out_dir: where the record, table and plots go; work_dir: each setting's samples and result (kept to resume).
         nfe: flow NFE values (midpoint runs at the even ones).
         ddim_steps: DDIM step counts; ddpm_steps: DDPM ancestral steps (0 to skip).
+        case_stride: sample every ``case_stride``-th case of the test split (1: all of them).
         train_iterations: iterations of the trainer-overhead measurement (the first of each loop is not timed).
         overrides: JSON dict of bundle config overrides (e.g. a datalist or a tiny network for tests).
     """
     extra = json.loads(overrides) if isinstance(overrides, str) else dict(overrides)
     models = {"flow": flow_ckpt, "ddpm": ddpm_ckpt}
-    os.makedirs(out_dir, exist_ok=True)
+    work = Path(work_dir).resolve()
+    sample_overrides = one_batch(test_subset(extra, case_stride, work), flow_ckpt)
+    digests = {name: file_sha256(path) for name, path in models.items()}
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        cases = workflow(["inference.json", "evaluate.json"], ckpt_path=flow_ckpt, **extra)
-        sample_overrides = {"batch_size": len(cases.parser.get_parsed_content("real_cases")), **extra}
-        for i, setting in enumerate(settings(nfe, ddim_steps, ddpm_steps)):
-            ckpt = models[setting["method"]]
-            rows.append(sample_and_evaluate(setting, ckpt, os.path.join(tmp, f"run{i}"), sample_overrides))
-            print(f"{setting['method']} {setting['solver']} NFE {setting['nfe']}: {rows[-1]['seconds_per_sample']} s")
-        training = training_overhead(os.path.join(tmp, "train"), train_iterations, extra)
+    for setting in settings(nfe, ddim_steps, ddpm_steps):
+        name = f"{setting['method']}-{setting['solver']}-{setting['nfe']}"
+        key = {**setting, "checkpoint_sha256": digests[setting["method"]], "overrides": sample_overrides}
+        run = work / name
+        ckpt = models[setting["method"]]
+        rows.append(resumable(run, key, sample_and_evaluate, setting, ckpt, str(run), sample_overrides))
+        print(f"{name}: {rows[-1]['seconds_per_sample']} s per sample")
+    with tempfile.TemporaryDirectory() as tmp:  # a fresh run: the trainer would resume one it finds
+        training = training_overhead(tmp, train_iterations, extra)
     record = {
         **run_info("sampling"),
         "device": rows[0]["device"] if rows else None,
+        "case_stride": case_stride,
         "models": {name: read_checkpoint(path)["card"].get("provenance", {}) for name, path in models.items()},
         "rows": rows,
         "training": training,
     }
+    os.makedirs(out_dir, exist_ok=True)
     publish(record, out_dir, sampling_table)
     plot(rows, out_dir)
 

@@ -17,6 +17,7 @@ is a number no command wrote.
 from __future__ import annotations
 
 import json
+import math
 import re
 import sys
 from collections.abc import Callable
@@ -178,6 +179,54 @@ def sampling_table(record: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def few_step_table(record: dict) -> str:
+    """The few-step frontier (see bench/few_step.py): every model and sampler setting, then the goal: each model at 1
+    and 2 NFE against the base at 10 Euler NFE, within 10% on feature FD and mask Dice."""
+    lines = [
+        "| model | solver | NFE | feature FD | KID | mask Dice (real images) | hist W1 | SSIM | PSNR | s / sample |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in record["rows"]:
+        lines.append(
+            f"| {r['model']} | {r['solver']} | {r['nfe']} | {_value(r, 'fd_segmenter_features')} "
+            f"| {_value(r, 'kid_segmenter_features', 4)} | {_value(r, 'mask_dice')} ({_value(r, 'mask_dice_real')}) "
+            f"| {_value(r, 'hist_wasserstein', 4)} | {_value(r, 'ssim_paired')} | {_value(r, 'psnr_paired', 2)} "
+            f"| {_value(r, 'seconds_per_sample', 4)} |"
+        )
+    goal = record["goal"]
+    ref, within = goal["reference"], f"{100 * goal['tolerance']:g}%"
+    lines += [
+        "",
+        f"Goal: within {within} of the {ref['model']} model at {ref['nfe']} {ref['solver']} NFE "
+        f"(feature FD at most {1 + goal['tolerance']:g}x, mask Dice at least {1 - goal['tolerance']:g}x its value)"
+        + ("" if goal["reference_found"] else "; the run has no reference row")
+        + ":",
+        "",
+        "| model | solver | NFE | feature FD (x base) | mask Dice (x base) | goal met |",
+        "|---|---|---|---|---|---|",
+    ]
+    for g in goal["rows"]:
+        met = {True: "yes", False: "no", None: "-"}[g["met"]]
+        lines.append(
+            f"| {g['model']} | {g['solver']} | {g['nfe']} | {_value(g, 'fd_segmenter_features')} "
+            f"({_ratio(g['fd_segmenter_features_ratio'])}) | {_value(g, 'mask_dice')} "
+            f"({_ratio(g['mask_dice_ratio'])}) | {met} |"
+        )
+    tuned = "; ".join(
+        f"{name} {f['iterations']} iterations, {f['training_seconds']} s" for name, f in record["finetunes"].items()
+    )
+    lines += ["", f"Fine-tunes of the base, {record['finetune_epochs']} epochs each: {tuned}."]
+    lines += [f"Skipped: {name}: {why}." for name, why in record["skipped"].items()]
+    stride = record["case_stride"]
+    cases = "Every test case" if stride == 1 else f"Every {stride}th test case"
+    lines += [f"{cases}; {record['machine']}; `{record['command']}`, {record['seconds']} s."]
+    return "\n".join(lines) + "\n"
+
+
 def guidance_table(record: dict) -> str:
     """The classifier-free guidance sweep (see bench/guidance.py)."""
     lines = [
@@ -198,6 +247,33 @@ def guidance_table(record: dict) -> str:
     lines += [
         "",
         f"{s['solver']} {s['num_steps']} steps; {record['machine']}; `{record['command']}`, {record['seconds']} s.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def interplane_table(record: dict) -> str:
+    """Inter-plane consistency of stacked 2D planes with each noise option (see bench/interplane.py)."""
+    lines = [
+        "| noise | inter-plane ratio (real planes) | generated / real | feature FD | mask Dice (real images) "
+        "| conditional MS-SSIM | s / sample |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in record["rows"]:
+        m = row["metrics"]
+        relative = (m.get("interplane_ratio") or math.nan) / (m.get("interplane_ratio_real") or math.nan)
+        lines.append(
+            f"| {row['noise']} | {_value(m, 'interplane_ratio', 2)} ({_value(m, 'interplane_ratio_real', 2)}) "
+            f"| {relative:.2f} | {_value(m, 'fd_segmenter_features')} "
+            f"| {_value(m, 'mask_dice')} ({_value(m, 'mask_dice_real')}) | {_value(m, 'conditional_ms_ssim')} "
+            f"| {_value(m, 'seconds_per_sample', 4)} |"
+        )
+    s, first = record["settings"], record["rows"][0]["metrics"]
+    slices = "every slice" if s["case_stride"] == 1 else f"every {s['case_stride']}th slice"
+    lines += [
+        "",
+        f"{first.get('interplane_volumes')} test subjects, {slices}; {s['solver']} "
+        f"{s['num_steps']} steps ({first['nfe']} NFE); {record['machine']}; `{record['command']}`, "
+        f"{record['seconds']} s.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -338,6 +414,8 @@ BLOCKS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "model_card": ("generalisation.json", model_card_table),
     "ddpm_selection": ("ddpm_selection.json", ddpm_selection_table),
     "denoising": ("denoising.json", denoising_table),
+    "few_step": ("few_step.json", few_step_table),
+    "interplane": ("interplane.json", interplane_table),
 }
 
 

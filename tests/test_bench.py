@@ -18,17 +18,22 @@ def test_sampling_benchmark(data_dir, small_datalist, tiny_model, tiny_ddpm, tmp
     from sampling import main
 
     overrides = {**_overrides(data_dir, small_datalist), "segmenter_path": "", "batch_size": 4}
-    main(
-        flow_ckpt=str(tiny_model),
-        ddpm_ckpt=str(tiny_ddpm),
-        out_dir=str(tmp_path),
-        nfe=(1, 2),
-        ddim_steps=(2,),
-        ddpm_steps=3,
-        train_iterations=3,
-        overrides=overrides,
-    )
+    args = {
+        "flow_ckpt": str(tiny_model),
+        "ddpm_ckpt": str(tiny_ddpm),
+        "out_dir": str(tmp_path),
+        "work_dir": str(tmp_path / "runs"),
+        "nfe": (1, 2),
+        "ddim_steps": (2,),
+        "ddpm_steps": 3,
+        "case_stride": 2,
+        "train_iterations": 3,
+        "overrides": overrides,
+    }
+    main(**args)
     record = json.loads((tmp_path / "sampling.json").read_text())
+    test_split = json.loads(small_datalist.read_text())["test"]
+    assert json.loads((tmp_path / "runs/test_subset.json").read_text())["test"] == test_split[::2]
     rows = {(r["method"], r["solver"], r["nfe"]): r for r in record["rows"]}
     assert set(rows) == {
         ("flow", "euler", 1),
@@ -51,6 +56,16 @@ def test_sampling_benchmark(data_dir, small_datalist, tiny_model, tiny_ddpm, tmp
     assert table.count("\n| flow |") == 3 and "| ddpm | ddpm | 3 |" in table
     assert "Flow (Euler, 2 NFE) against DDPM (ancestral, 3 NFE)" in table
     assert all((tmp_path / name).stat().st_size > 1000 for name in ("quality_vs_nfe.png", "quality_vs_seconds.png"))
+
+    # a rerun resumes: each setting's saved result is read back, not measured again (timings would differ) ...
+    main(**args)
+    assert json.loads((tmp_path / "sampling.json").read_text())["rows"] == record["rows"]
+    # ... unless what it depends on changed: another flow checkpoint measures the flow rows again
+    other = tmp_path / "other.pt"
+    other.write_bytes(tiny_model.read_bytes() + b"\0")
+    main(**{**args, "flow_ckpt": str(other), "ddim_steps": (), "ddpm_steps": 0, "nfe": (1,)})
+    rerun = json.loads((tmp_path / "sampling.json").read_text())["rows"]
+    assert rerun[0]["seconds_per_sample"] != rows[("flow", "euler", 1)]["seconds_per_sample"]
 
 
 def test_downstream_benchmark(data_dir, small_datalist, tiny_model, tmp_path):
@@ -109,6 +124,7 @@ def test_guidance_benchmark(data_dir, small_datalist, tiny_model, classifier, tm
         ckpt_path=str(tiny_model),
         scales=(1.0, 2.0),
         num_steps=2,
+        case_stride=2,
         out_dir=str(tmp_path),
         work_dir=str(tmp_path / "runs"),
         **{**_overrides(data_dir, small_datalist), "classifier_path": classifier, "segmenter_path": ""},
@@ -116,6 +132,7 @@ def test_guidance_benchmark(data_dir, small_datalist, tiny_model, classifier, tm
     rows = {r["guidance_scale"]: r["metrics"] for r in record["rows"]}
     assert rows[1.0]["nfe"] == 2 and rows[2.0]["nfe"] == 4  # guidance: two network calls per step
     assert rows[1.0]["guidance_scale"] == 1.0 and rows[2.0]["guidance_scale"] == 2.0
+    assert rows[1.0]["num_generated"] == len(json.loads(small_datalist.read_text())["test"][::2])  # the stride
     assert rows[1.0]["psnr_paired"] != rows[2.0]["psnr_paired"]  # the scale reaches the sampler
     for m in rows.values():  # one classifier, one real set: one ceiling
         assert 0 <= m["class_accuracy"] <= 1 and m["class_accuracy_real"] == rows[1.0]["class_accuracy_real"]

@@ -19,7 +19,7 @@ from motfm_deploy.labels import LabelMap
 from motfm_deploy.model import Bundle, find_bundle
 from operators.denoise import denoise
 from operators.seg_reader import synthesis_job
-from operators.synthesis import axial_levels, class_rule, synthesize
+from operators.synthesis import axial_levels, class_rule, synthesis_cases, synthesize
 from testbed import ROOT
 from testbed.bundles import BUNDLE, BUNDLE_VERSION, make_bundle, tiny_deploy
 from testbed.studies import study_header, write_mr_series, write_seg
@@ -169,6 +169,17 @@ def test_synthesis_2d_is_reproducible_on_the_source_grid(job, bundle_2d):
     assert first.details == "axial level classes [0, 1, 2]"
     np.testing.assert_array_equal(synthesize(bundle_2d.model, job).images, first.images)
     assert np.isfinite(first.images).all() and first.images.std() > 0
+
+
+def test_planes_of_a_series_share_one_noise_unless_deploy_json_says_per_case(tmp_path, job, bundle_2d):
+    shared = bundle_2d.model
+    assert shared.noise == "per_subject" and len({c["noise_index"] for c in synthesis_cases(shared, job)}) == 1
+    root = shutil.copytree(bundle_2d.path, tmp_path / "per_case", symlinks=True)
+    config = json.loads((root / "configs" / "deploy.json").read_text())
+    (root / "configs" / "deploy.json").write_text(json.dumps({**config, "noise": "per_case"}))
+    own = Bundle(root).model
+    assert own.noise == "per_case" and [c["noise_index"] for c in synthesis_cases(own, job)] == [0, 1, 2, 3, 4]
+    assert not np.array_equal(synthesize(shared, job).images, synthesize(own, job).images)
 
 
 def test_denoising_2d_keeps_the_source_units(job, bundle_2d):

@@ -22,12 +22,13 @@ from scripts.sampler import FlowSampler, case_noise
 def test_given_noise_is_used_as_is():
     torch.manual_seed(0)
     x1, x0 = torch.randn(8, 1, 4, 4), torch.randn(8, 1, 4, 4)
-    x_t, timesteps, target = FlowPath(coupling="exact")(x1, x0)  # given pairs are never re-coupled
+    x_t, timesteps, target = FlowPath()(x1, x0)
     assert torch.equal(target, x1 - x0)
     t = (timesteps / 1000).view(-1, 1, 1, 1)
     assert torch.allclose(x_t, (1 - t) * x0 + t * x1, atol=1e-6)
     batch = {"image": x1, "noise": x0, "class": torch.zeros(8, dtype=torch.long)}
-    _, target, _, kwargs = GenerativePrepareBatch(FlowPath(), False, 3, condition_dropout=0.0)(batch)
+    prepare = GenerativePrepareBatch(FlowPath(), False, 3, condition_dropout=0.0, coupling="exact")
+    _, target, _, kwargs = prepare(batch)  # given pairs are never re-coupled
     assert torch.equal(target, x1 - x0) and set(kwargs) == {"timesteps", "cls"}
     _, drawn, _, _ = GenerativePrepareBatch(FlowPath(), False, 0)({"image": x1})
     assert not torch.equal(drawn, x1 - x0)
@@ -38,8 +39,13 @@ def test_coupling_is_a_train_config_key(coupling):
     parser = ConfigParser()
     parser.read_config(str(CONFIGS / "train.json"))
     assert parser["coupling"] is None  # the default: independent noise, as the shipped model was trained
-    parser["coupling"] = coupling
-    assert parser.get_parsed_content("path").coupling == coupling
+    parser["coupling"], parser["num_labels"] = coupling, 0  # a class-conditioned model: coupled within each class
+    assert parser.get_parsed_content("train#prepare_batch").coupling == coupling
+    if coupling:  # the shipped variant is mask-conditioned: every mask its own condition, nothing to pair
+        parser["num_labels"] = 4
+        with pytest.raises(Exception) as excinfo:
+            parser.get_parsed_content("train#prepare_batch", lazy=False)
+        assert "with mask conditioning" in error_text(excinfo)
 
 
 def _reflow(data_dir, small_datalist, teacher, out, epochs, **extra):
@@ -114,7 +120,7 @@ def test_fine_tune_refuses_another_intensity_range(data_dir, small_datalist, tin
     assert "was trained with intensity_range" in error_text(excinfo)
 
 
-def test_few_step_benchmark(data_dir, small_datalist, tiny_model, tiny_ddpm, tmp_path):
+def test_few_step_benchmark(data_dir, small_datalist, tiny_model, tiny_ddpm, tmp_path, capsys):
     from few_step import main
 
     overrides = {
@@ -126,36 +132,104 @@ def test_few_step_benchmark(data_dir, small_datalist, tiny_model, tiny_ddpm, tmp
         "batch_size": 4,
         "pairs_per_case": 2,
         "pair_steps": 1,
+        "distill_step": 0.5,
     }
-    out = tmp_path / "out"
-    main(
-        base_ckpt=str(tiny_model),
-        ddpm_ckpt=str(tiny_ddpm),
-        out_dir=str(out),
-        work_dir=str(tmp_path / "work"),
-        finetune_epochs=1,
-        nfe=(1, 2),
-        ddpm_steps=3,
-        overrides=overrides,
-    )
-    results = json.loads((out / "few_step.json").read_text())
-    rows = {(r["model"], r["solver"], r["nfe"]): r for r in results["rows"]}
-    flow = {
-        (m, s, n) for m in ("base", "control", "ot", "reflow") for s, n in (("euler", 1), ("euler", 2), ("midpoint", 2))
+    out, work = tmp_path / "out", tmp_path / "work"
+    settings = {
+        "base_ckpt": str(tiny_model),
+        "ddpm_ckpt": str(tiny_ddpm),
+        "out_dir": str(out),
+        "work_dir": str(work),
+        "finetune_epochs": 1,
+        "nfe": (1, 2),
+        "ddpm_steps": 3,
+        "case_stride": 2,
+        "overrides": overrides,
     }
-    assert flow <= set(rows) and ("ddpm", "ddpm", 3) in rows
+    main(**settings)
+    record = json.loads((out / "few_step.json").read_text())
+    assert record["benchmark"] == "few_step" and record["case_stride"] == 2
+    assert len(json.loads((work / "test_subset.json").read_text())["test"]) == 2  # every 2nd of the 4 test slices
+    assert set(record["skipped"]) == {"ot"} and "mask" in record["skipped"]["ot"]  # the base is mask-conditioned
+    rows = {(r["model"], r["solver"], r["nfe"]): r for r in record["rows"]}
+    models = ("base", "control", "reflow", "consistency")
+    flow = {(m, s, n) for m in models for s, n in (("euler", 1), ("euler", 2), ("midpoint", 2))}
+    assert flow <= set(rows) and ("ddpm", "ddpm", 3) in rows and not any(m == "ot" for m, _, _ in rows)
     dopri5 = [key for key in rows if key[1] == "dopri5"]
     assert len(dopri5) == 1 and dopri5[0][2] > 2  # the NFE the adaptive solver used
-    assert all(np.isfinite(r["psnr_paired"]) for r in results["rows"])
+    assert all(np.isfinite(r["psnr_paired"]) for r in record["rows"])
     base = read_checkpoint(str(tiny_model))
-    for name in ("control", "ot", "reflow"):  # fine-tuned from the base: same card, new weights
-        tuned = read_checkpoint(results["checkpoints"][name])
+    for name in models[1:]:  # fine-tuned from the base: same card, new weights
+        tuned = read_checkpoint(record["checkpoints"][name])
         assert _kind(tuned) == _kind(base) and not torch.equal(
             tuned["ema"]["unet.out.2.conv.weight"], base["ema"]["unet.out.2.conv.weight"]
         )
-    assert (tmp_path / "work/reflow/pairs.npz").is_file()
-    goals = {(g["model"], g["solver"]): g for g in results["goal"]}
-    assert set(goals) == {(m, s) for m, s, n in flow if n == 2}
-    assert all(isinstance(g["ssim_paired vs DDPM, 3 steps"], bool) for g in goals.values())
-    assert "| reflow | euler | 2 |" in (out / "few_step.md").read_text()
+        assert record["finetunes"][name]["epochs"] == 1
+    assert (work / "reflow/pairs.npz").is_file()
+    goals = record["goal"]
+    assert not goals["reference_found"]  # no 10-NFE run here, and no segmenter: the goal is undecided, not failed
+    assert {(g["model"], g["solver"], g["nfe"]) for g in goals["rows"]} == flow
+    assert all(g["met"] is None for g in goals["rows"])
+    table = (out / "few_step.md").read_text()
+    assert "| consistency | euler | 1 |" in table and "Skipped: ot:" in table
     assert (out / "few_step.png").stat().st_size > 1000
+
+    # a rerun reuses the finished fine-tunes untouched and every measured setting
+    written = {name: (work / name / "model.pt").stat().st_mtime_ns for name in models[1:]}
+    capsys.readouterr()
+    main(**settings)
+    assert {name: (work / name / "model.pt").stat().st_mtime_ns for name in models[1:]} == written
+    assert capsys.readouterr().out.count("reusing") == len(record["rows"])
+    assert json.loads((out / "few_step.json").read_text())["rows"] == record["rows"]
+
+
+def test_few_step_goal_and_arms(tmp_path):
+    from few_step import arms, goal
+    from tables import few_step_table
+
+    def row(model, solver, nfe, fd, dice):
+        return {"model": model, "solver": solver, "nfe": nfe, "fd_segmenter_features": fd, "mask_dice": dice}
+
+    rows = [
+        row("base", "euler", 10, 10.0, 0.80),
+        row("base", "euler", 1, 40.0, 0.50),
+        row("consistency", "euler", 1, 10.9, 0.73),  # within 10% on both
+        row("consistency", "euler", 2, 11.2, 0.90),  # FD 12% worse
+        row("reflow", "midpoint", 2, 9.0, 0.71),  # Dice 11% worse
+        row("ddpm", "ddpm", 1000, 5.0, 0.9),
+    ]
+    result = goal(rows)
+    entries = {(g["model"], g["solver"], g["nfe"]): g for g in result["rows"]}
+    met = {key: entry["met"] for key, entry in entries.items()}  # the DDPM and 10-NFE rows are no candidates
+    assert met == {
+        ("base", "euler", 1): False,
+        ("consistency", "euler", 1): True,
+        ("consistency", "euler", 2): False,
+        ("reflow", "midpoint", 2): False,
+    }
+    assert entries[("consistency", "euler", 1)]["fd_segmenter_features_ratio"] == pytest.approx(1.09)
+    assert entries[("reflow", "midpoint", 2)]["fd_segmenter_features_within"] is True
+    assert entries[("reflow", "midpoint", 2)]["mask_dice_within"] is False
+
+    record = {
+        "rows": rows,
+        "goal": result,
+        "finetunes": {"consistency": {"iterations": 10, "epochs": 1, "training_seconds": 2.0}},
+        "finetune_epochs": 1,
+        "skipped": {},
+        "case_stride": 4,
+        "machine": "m",
+        "command": "python bench/few_step.py",
+        "seconds": 1.0,
+    }
+    table = few_step_table(record)
+    assert "| consistency | euler | 1 | 10.900 (1.09x) | 0.730 (0.91x) | yes |" in table
+    assert "| consistency | euler | 2 | 11.200 (1.12x) | 0.900 (1.12x) | no |" in table
+
+    # the ot arm runs only for a base without mask conditioning
+    every = ["control", "ot", "reflow", "consistency"]
+    for labels, expected in ((0, every), (4, [name for name in every if name != "ot"])):
+        path = tmp_path / f"model{labels}.pt"
+        torch.save({"card": {"network": {"num_labels": labels}}}, path)
+        names, skipped = arms(str(path))
+        assert names == expected and set(skipped) == ({"ot"} if labels else set())

@@ -102,11 +102,33 @@ def test_exact_ot_pairing_is_a_permutation_with_lower_cost():
         assert (paired - x1).pow(2).sum() <= (x0[perm] - x1).pow(2).sum() + 1e-9
 
 
-def test_coupled_flow_path_keeps_the_path_math():
-    torch.manual_seed(0)
-    x1 = torch.randn(8, 1, 4, 4)
-    x_t, timesteps, target = FlowPath(coupling="exact")(x1)
-    t = (timesteps / TIME_SCALE).view(-1, 1, 1, 1)
-    assert torch.allclose(x_t + (1 - t) * target, x1, atol=1e-5)
+def test_ot_pairing_stays_within_each_group():
+    from scripts.coupling import ot_pairing
+
+    g = torch.Generator().manual_seed(0)
+    x0, x1 = torch.randn(12, 3, generator=g), torch.randn(12, 3, generator=g)
+    groups = torch.tensor([0, 1, 2] * 4)
+    for method in ("exact", "sinkhorn"):
+        paired = ot_pairing(x0, x1, method, reg=0.01, groups=groups)
+        source = [int(torch.nonzero((x0 == p).all(1))[0]) for p in paired]
+        assert all(groups[s] == groups[i] for i, s in enumerate(source))  # each image's noise from its own class
+    whole = ot_pairing(x0, x1, "exact")
+    assert any(groups[int(torch.nonzero((x0 == p).all(1))[0])] != groups[i] for i, p in enumerate(whole))
+    single = torch.arange(12)  # every case its own condition: nothing to pair
+    assert torch.equal(ot_pairing(x0, x1, "exact", groups=single), x0)
     with pytest.raises(ValueError, match="coupling"):
-        FlowPath(coupling="greedy")
+        ot_pairing(x0, x1, "greedy")
+
+
+def test_coupled_prepare_batch_keeps_the_path_math():
+    torch.manual_seed(0)
+    batch = {"image": torch.randn(8, 1, 4, 4), "class": torch.tensor([0, 1] * 4)}
+    x_t, target, _, kwargs = GenerativePrepareBatch(FlowPath(), False, 2, condition_dropout=0.0, coupling="exact")(
+        batch
+    )
+    t = (kwargs["timesteps"] / TIME_SCALE).view(-1, 1, 1, 1)
+    assert torch.allclose(x_t + (1 - t) * target, batch["image"], atol=1e-5)
+    with pytest.raises(ValueError, match="coupling"):
+        GenerativePrepareBatch(FlowPath(), False, 0, coupling="greedy")
+    with pytest.raises(ValueError, match="mask conditioning"):
+        GenerativePrepareBatch(FlowPath(), True, 3, coupling="exact")

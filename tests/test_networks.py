@@ -69,3 +69,25 @@ def test_unknown_mask_equals_no_mask(mask_network):
 def test_unknown_mask_network_is_refused():
     with pytest.raises(ValueError, match="mask_network"):
         ConditionalUNet(2, **SMALL, num_labels=4, mask_network="concat")
+
+
+def test_bf16_autocast_on_a_cpu_uses_einsum_attention_with_the_same_result():
+    torch.manual_seed(0)
+    net = ConditionalUNet(2, **SMALL, num_classes=3, num_labels=4)
+    with torch.no_grad():  # MONAI zero-initialises the output (and ControlNet) convolutions
+        for p in net.parameters():
+            if not p.any():
+                p.normal_(0, 0.05)
+    x, t = torch.randn(2, 1, 8, 8), torch.rand(2) * 1000
+    cond = {"mask": torch.randint(0, 4, (2, 1, 8, 8)), "cls": torch.tensor([0, 3])}
+    attention = [m for m in net.modules() if hasattr(m, "use_flash_attention")]
+    assert attention and all(m.use_flash_attention for m in attention)  # fused by default
+    fused = net(x, t, **cond)
+    net.autocast_dtype = torch.bfloat16
+    with torch.no_grad():
+        mixed = net(x, t, **cond)
+    assert not any(m.use_flash_attention for m in attention)  # on a CPU under bf16: MONAI's einsum attention
+    assert mixed.dtype == torch.float32 and torch.allclose(mixed, fused, atol=0.1)
+    assert not torch.equal(mixed, fused)  # it did run in bf16
+    net.autocast_dtype = None
+    assert torch.equal(net(x, t, **cond), fused) and all(m.use_flash_attention for m in attention)

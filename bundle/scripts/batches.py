@@ -9,6 +9,7 @@ import torch
 from monai.engines.utils import PrepareBatch
 from monai.utils import convert_to_tensor
 
+from .coupling import COUPLINGS, ot_pairing
 from .flow import expand_like
 
 
@@ -16,7 +17,7 @@ class GenerativePrepareBatch(PrepareBatch):
     """``prepare_batch`` for MONAI engines: a batch of {image, noise?, label?, class?} -> (x_t, target, (), kwargs).
 
     A batch's ``noise`` (like ``image``), when it has one, is the path's x0 paired with each image (reflow);
-    otherwise the path draws it.
+    otherwise it is drawn here, independent of the images or coupled with them by minibatch OT within each class.
 
     kwargs hold ``timesteps`` and the conditions the network takes (``mask``, ``cls``). Condition dropout replaces,
     each with probability ``condition_dropout`` and independently, a case's class by the "no class" index and its
@@ -28,6 +29,9 @@ class GenerativePrepareBatch(PrepareBatch):
         use_mask: pass the ``label`` map as ``mask``.
         num_classes: pass ``class`` as ``cls`` when > 0.
         condition_dropout: probability of dropping each condition during training.
+        coupling: None (independent noise), or "exact" / "sinkhorn": ``coupling.ot_pairing`` of the drawn noise
+            with the images, among the cases of one class (conditional OT). With mask conditioning every case is a
+            condition of its own, so there is nothing to pair, and it is refused.
     """
 
     def __init__(
@@ -36,9 +40,18 @@ class GenerativePrepareBatch(PrepareBatch):
         use_mask: bool,
         num_classes: int,
         condition_dropout: float = 0.1,
+        coupling: str | None = None,
     ):
+        if coupling not in COUPLINGS:
+            raise ValueError(f"coupling must be one of {COUPLINGS}, got {coupling!r}")
+        if coupling and use_mask:
+            raise ValueError(
+                f"coupling {coupling!r} with mask conditioning: minibatch OT pairs noise only among cases of one "
+                "condition, and every mask is a condition of its own, so nothing would be paired (pairing across "
+                "masks biases each mask's noise towards other cases' images); set coupling to null"
+            )
         self.path, self.use_mask, self.num_classes = path, use_mask, num_classes
-        self.condition_dropout = condition_dropout
+        self.condition_dropout, self.coupling = condition_dropout, coupling
 
     def __call__(
         self,
@@ -48,10 +61,14 @@ class GenerativePrepareBatch(PrepareBatch):
         **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor, tuple, dict]:
         x1 = without_meta(batchdata["image"], device)
-        x_t, timesteps, target = self.path(
-            x1, without_meta(batchdata["noise"], device) if "noise" in batchdata else None
-        )
         cond = conditions(batchdata, self.use_mask, self.num_classes, device)
+        if "noise" in batchdata:
+            x0 = without_meta(batchdata["noise"], device)
+        else:
+            x0 = torch.randn_like(x1)
+            if self.coupling:
+                x0 = ot_pairing(x0, x1, self.coupling, groups=cond.get("cls"))
+        x_t, timesteps, target = self.path(x1, x0)
         if self.condition_dropout > 0:
             if "cls" in cond:
                 drop = torch.rand(x1.shape[0], device=x1.device) < self.condition_dropout

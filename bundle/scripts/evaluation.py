@@ -19,6 +19,10 @@ units), each image by its own robust percentiles, so no metric reports a unit mi
   trained on the training subjects, on generated images against their classes) beside ``class_accuracy_real``,
   ``correlation_in_mask`` (Pearson r with the real image inside the brain), and the paired ``ssim_paired`` /
   ``psnr_paired``, which a mean image wins;
+- inter-plane consistency: ``interplane_ratio`` (``metrics.interplane_ratio``: |second difference| along the
+  stack axis over in-plane, 1 for an isotropic image, large for planes that disagree) beside
+  ``interplane_ratio_real``, the mean over volumes: each 3D output along its last (feet-head) axis, or the stacked 2D
+  planes of each subject (``slice_stacks``: cases that name a ``subject``, three or more at a regular step);
 - ``fid`` only with a local Inception network (``fid_model``); ``nfe``, ``seconds_per_sample``, the settings,
   and ``model``: the model card's provenance (iterations, data and code fingerprints, training time).
 
@@ -81,6 +85,44 @@ def _mean_with_ci(values: dict, name: str, per_case: torch.Tensor, draws: int) -
         float(per_case.mean()),
         metrics.bootstrap_ci(lambda i: float(per_case[i].mean()), len(per_case), draws),
     )
+
+
+def slice_stacks(cases: Sequence[Mapping], min_slices: int = 3) -> tuple[list[list[int]], str | None]:
+    """The 2D cases of each subject as a stack: per subject, the positions of its cases in ``cases``, ordered by the
+    slice's offset along its plane's normal (read from its label's or image's header, not from the file order).
+
+    A subject makes a stack when it has ``min_slices`` or more slices of one grid (shape and in-plane axes) at a
+    regular step (every gap within 1% of the median gap; a subset such as every 4th slice is still regular).
+    Returns (the stacks, None), or ([], why no stack could be formed).
+    """
+    if not all("subject" in case for case in cases):
+        return [], "the cases name no 'subject': no stacks of planes to compare"
+    load = LoadImage(image_only=True)
+    subjects: dict[str, list[tuple[float, tuple, int]]] = {}
+    for i, case in enumerate(cases):
+        header = load(case.get("label", case.get("image")))
+        affine = np.asarray(header.affine, dtype=np.float64)
+        normal = np.cross(affine[:3, 0], affine[:3, 1])
+        grid = (tuple(header.shape), *affine[:3, :2].T.round(4).ravel().tolist())
+        subjects.setdefault(str(case["subject"]), []).append(
+            (float(affine[:3, 3] @ normal / np.linalg.norm(normal)), grid, i)
+        )
+    stacks, why = [], {}
+    for name, slices in subjects.items():
+        slices.sort()
+        gaps = np.diff([offset for offset, _, _ in slices])
+        if len(slices) < min_slices:
+            why[name] = f"{len(slices)} slices"
+        elif len({grid for _, grid, _ in slices}) > 1:
+            why[name] = "slices of different grids"
+        elif not (gaps > 0).all() or np.abs(gaps - np.median(gaps)).max() > 0.01 * np.median(gaps):
+            why[name] = f"an irregular slice step ({gaps.min():.3g} to {gaps.max():.3g} mm)"
+        else:
+            stacks.append([i for _, _, i in slices])
+    if stacks:
+        return stacks, None
+    shown = "; ".join(f"{name}: {reason}" for name, reason in list(why.items())[:3])
+    return [], f"no subject has {min_slices} or more slices of one grid at a regular step ({shown})"
 
 
 class Evaluation:
@@ -150,7 +192,10 @@ class Evaluation:
             "num_generated": len(generated),
             "num_real": len(real),
             "normalisation": mismatch or f"the model card's intensity range {self.intensity_range}",
-            **{key: info.get(key) for key in ("nfe", "seconds_per_sample", "device", "solver", "num_steps", "seed")},
+            **{
+                key: info.get(key)
+                for key in ("nfe", "seconds_per_sample", "device", "solver", "num_steps", "seed", "noise")
+            },
             "guidance_scale": info.get("guidance_scale"),
             "skipped": {},
             "ci95": {},
@@ -160,6 +205,7 @@ class Evaluation:
         self._paired(values, real, generated, segmenter)
         self._class_accuracy(values, real, generated)
         self._conditional_diversity(values)
+        self._interplane(values, real, generated, conditioned)
         values["fid"] = self._fid(real, generated, values["skipped"])
         values["model"] = self.model_card.get("provenance", {})
         draws = torch.Generator().manual_seed(0)
@@ -305,6 +351,30 @@ class Evaluation:
         values["conditional_ms_ssim_samples"] = self.diversity_samples
         per_case = metrics.conditional_ms_ssim(torch.stack(samples, dim=1))
         _mean_with_ci(values, "conditional_ms_ssim", per_case, self.draws)
+
+    def _interplane(self, values: dict, real: torch.Tensor, generated: torch.Tensor, conditioned: bool) -> None:
+        """``interplane_ratio`` of the generated volumes beside ``interplane_ratio_real``, each the mean over
+        volumes: every 3D image along its last (feet-head) axis, or each subject's 2D planes stacked in slice order
+        (the same cases of both sets, generated from the real planes' masks)."""
+        values.update(dict.fromkeys(("interplane_ratio", "interplane_ratio_real")))
+        if len(self.image_size) == 3:
+            sets = {"interplane_ratio": [x[0] for x in generated], "interplane_ratio_real": [x[0] for x in real]}
+        elif not conditioned:
+            values["skipped"]["interplane_ratio"] = "an unconditional model's samples are no planes of one series"
+            return
+        else:
+            stacks, why = slice_stacks(self.real_cases)
+            if why:
+                values["skipped"]["interplane_ratio"] = why
+                return
+            sets = {
+                key: [images[stack, 0].movedim(0, -1) for stack in stacks]
+                for key, images in (("interplane_ratio", generated), ("interplane_ratio_real", real))
+            }
+        values["interplane_volumes"] = len(sets["interplane_ratio_real"])
+        for key, volumes in sets.items():
+            ratios = torch.tensor([metrics.interplane_ratio(v) for v in volumes])
+            _mean_with_ci(values, key, ratios[torch.isfinite(ratios)], self.draws)
 
     def _load_segmenter(self, skipped: dict) -> nn.Module | None:
         """The segmenter of mask Dice and of the feature metrics; None (and why, in ``skipped``) without one."""

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import torch
 
-from .coupling import COUPLINGS, ot_pairing
-
 TIME_SCALE = 1000.0  # flow time t in [0, 1] is shown to the network as t * TIME_SCALE
 TIME_SCHEDULES = ("uniform", "logit_normal")
 
@@ -41,23 +39,17 @@ class FlowPath:
 
     Args:
         time_schedule: how training times are drawn (``TIME_SCHEDULES``).
-        coupling: None (independent noise), or "exact" / "sinkhorn" minibatch OT pairing of noise and images.
     """
 
-    def __init__(self, time_schedule: str = "uniform", coupling: str | None = None) -> None:
+    def __init__(self, time_schedule: str = "uniform") -> None:
         sample_times(1, time_schedule)  # validates the name
-        if coupling not in COUPLINGS:
-            raise ValueError(f"coupling must be one of {COUPLINGS}, got {coupling!r}")
-        self.time_schedule, self.coupling = time_schedule, coupling
+        self.time_schedule = time_schedule
 
     def __call__(
         self, x1: torch.Tensor, x0: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Returns (x_t, timesteps (B,), target) for clean images x1 (B, C, *spatial) and noise x0 like x1: drawn
-        (and coupled) here, or given already paired with x1 (reflow's noise/image pairs) and used as is."""
-        if x0 is None:
-            x0 = torch.randn_like(x1)
-            if self.coupling:
-                x0 = ot_pairing(x0, x1, self.coupling)
+        here (independent), or given already paired with x1 (OT coupling, reflow's pairs) and used as is."""
+        x0 = torch.randn_like(x1) if x0 is None else x0
         t = sample_times(x1.shape[0], self.time_schedule, x1.device)
         return interpolate(x0, x1, t), t * TIME_SCALE, x1 - x0

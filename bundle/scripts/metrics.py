@@ -168,3 +168,25 @@ def dice_per_case(masks: torch.Tensor, predicted: torch.Tensor, num_labels: int)
 def mask_dice(masks: torch.Tensor, predicted: torch.Tensor, num_labels: int) -> float:
     """Mean foreground Dice over cases (see ``dice_per_case``)."""
     return float(torch.nanmean(dice_per_case(masks, predicted, num_labels)))
+
+
+def interplane_ratio(volume: torch.Tensor, axis: int = -1) -> float:
+    """Inter-plane consistency of a volume (*spatial) with three spatial axes: the mean |second difference| along
+    the stack ``axis`` over the mean of the two in-plane axes' mean |second difference|.
+
+    The second difference along an axis, x[k+1] - 2 x[k] + x[k-1], is zero wherever the image is locally linear
+    and large where planes disagree, so a stack of independently made planes (streaked reformats) scores far above
+    its real counterpart. Each mean runs over the whole volume (the background is flat in both directions and
+    dilutes both means alike). The axes' spacings may differ (planes a few mm apart, finer pixels): compare a
+    volume's ratio with the real volume's on the same grid, not with 1. A flat volume gives nan.
+    """
+    if volume.dim() != 3 or volume.shape[axis] < 3:
+        raise ValueError(f"a volume of three axes with three or more planes is needed, got shape {tuple(volume.shape)}")
+    x = volume.double()
+    axis = axis % 3
+
+    def curvature(a: int) -> float:
+        return float(x.diff(n=2, dim=a).abs().mean())
+
+    in_plane = sum(curvature(a) for a in range(3) if a != axis) / 2
+    return curvature(axis) / in_plane if in_plane > 0 else math.nan

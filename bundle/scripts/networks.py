@@ -49,7 +49,8 @@ class ConditionalUNet(nn.Module):
 
     Attention runs through PyTorch's ``scaled_dot_product_attention`` (MONAI's ``use_flash_attention``): the same
     weights and results up to float rounding as MONAI's einsum attention, with less memory and, on a CPU in float32,
-    a faster backward pass.
+    a faster backward pass. Under bfloat16 autocast on a CPU, where the fused kernel's backward pass is the slower
+    one (``bench/reference_compare.py --profile``), the network uses MONAI's einsum attention instead.
     """
 
     def __init__(
@@ -108,6 +109,7 @@ class ConditionalUNet(nn.Module):
                 conditioning_embedding_in_channels=num_labels, conditioning_embedding_num_channels=(16,), **common
             )
             copy_model_state(self.controlnet, self.unet.state_dict(), inplace=True)
+        self._attention = [m for m in self.modules() if hasattr(m, "use_flash_attention")]
         if activation_checkpointing:
             blocks = {id(b) for net in (self.unet, self.controlnet) if net is not None for b in _blocks(net)}
             apply_activation_checkpointing(self, check_fn=lambda m: id(m) in blocks)
@@ -133,6 +135,10 @@ class ConditionalUNet(nn.Module):
         Returns:
             (B, C, *spatial): the velocity (flow matching) or noise (DDPM) prediction.
         """
+        fused = self.autocast_dtype is None or x.device.type != "cpu"
+        if self._attention and self._attention[0].use_flash_attention != fused:
+            for block in self._attention:
+                block.use_flash_attention = fused
         if self.autocast_dtype is None:
             return self._predict(x, timesteps, mask, cls)
         with torch.autocast(x.device.type, dtype=self.autocast_dtype):

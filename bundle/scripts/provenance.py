@@ -22,6 +22,13 @@ def _hash_file(digest, path: str) -> None:
             digest.update(block)
 
 
+def file_sha256(path: str) -> str:
+    """SHA-256 of one file's bytes (e.g. a checkpoint)."""
+    digest = hashlib.sha256()
+    _hash_file(digest, path)
+    return digest.hexdigest()
+
+
 def data_fingerprint(datalist: str, cases: Sequence[Mapping]) -> dict:
     """SHA-256 of the datalist file and of every image and label file of ``cases`` (DICOM folders file by file),
     in the cases' order: the same fingerprint means the same training data, byte for byte."""

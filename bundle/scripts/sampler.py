@@ -10,7 +10,8 @@ Both apply classifier-free guidance when ``guidance_scale != 1`` and the model h
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import zlib
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
@@ -28,6 +29,22 @@ def case_noise(indices: Sequence[int], shape: Sequence[int], seed: int, device=N
         g = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(i))
         out.append(torch.randn(tuple(shape), generator=g))
     return torch.stack(out).to(device)
+
+
+NOISE = ("per_case", "per_subject")
+
+
+def noise_index(case: Mapping, noise: str = "per_case") -> int:
+    """The index that picks a case's noise (``case_noise``, ``case_generators``): its own ``index`` ("per_case"), or
+    a number of its ``subject``'s name ("per_subject": every plane of one subject or series starts from the same
+    noise, so a 2D model's neighbouring planes, whose masks differ little, get images that differ little)."""
+    if noise not in NOISE:
+        raise ValueError(f"noise must be one of {NOISE}, got {noise!r}")
+    if noise == "per_case":
+        return int(case["index"])
+    if "subject" not in case:
+        raise ValueError(f"case {case.get('id', case.get('index'))} names no 'subject', which per_subject noise needs")
+    return zlib.crc32(str(case["subject"]).encode())
 
 
 def case_generators(indices: Sequence[int], seed: int, device=None) -> list[torch.Generator]:
@@ -85,8 +102,9 @@ class Sampler:
 
     def generate(self, network: nn.Module, batch: dict, shape: Sequence[int], seed: int, device=None):
         """Samples one image per case of a collated batch (its ``index`` and, as the network needs, ``label`` and
-        ``class``) from the case's own noise; returns (images (B, *shape), NFE)."""
-        indices = [int(i) for i in batch["index"]]
+        ``class``) from the case's own noise, or from the noise its ``noise_index`` names (``noise_index``);
+        returns (images (B, *shape), NFE)."""
+        indices = [int(i) for i in batch.get("noise_index", batch["index"])]
         noise = case_noise(indices, shape, seed, device)
         cond = conditions(batch, bool(network.num_labels), network.num_classes, device)
         return self(network, noise, cond, generators=case_generators(indices, seed, device))

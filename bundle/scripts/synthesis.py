@@ -39,7 +39,7 @@ from tqdm import tqdm
 from .data import to_source_grid, to_units
 from .distributed import all_gather, rank, world_size
 from .files import atomic_path, save_json, staged_folder
-from .sampler import Sampler, warm_up
+from .sampler import Sampler, noise_index, warm_up
 from .visualize import save_grid
 
 logger = logging.getLogger(__name__)
@@ -73,6 +73,8 @@ class Synthesis:
         intensity_range: the data units that [-1, 1] stands for (from the model card).
         output_dir: where the outputs go.
         seed: noise seed; the same seed gives the same images, whatever the batch size or number of processes.
+        noise: "per_case" (each case its own noise) or "per_subject" (all cases of one ``subject`` share one, so a
+            2D model's planes of one series agree; see ``sampler.noise_index``).
         batch_size: cases per network call.
         device: torch device.
         info: the settings for ``info.json`` (e.g. checkpoint path, solver).
@@ -96,12 +98,14 @@ class Synthesis:
         info: dict | None = None,
         grid_cases: int = 16,
         resume: bool = False,
+        noise: str = "per_case",
     ) -> None:
-        self.network, self.sampler, self.cases, self.transforms = network, sampler, list(cases), transforms
+        self.network, self.sampler, self.transforms = network, sampler, transforms
+        self.cases = [{**case, "noise_index": noise_index(case, noise)} for case in cases]
         self.image_size, self.intensity_range = list(image_size), list(intensity_range)
         self.output_dir, self.seed, self.batch_size = os.path.abspath(output_dir), seed, batch_size
         self.device, self.grid_cases, self.resume = torch.device(device), grid_cases, resume
-        self.settings = {**(info or {}), "seed": seed}
+        self.settings = {**(info or {}), "seed": seed, "noise": noise}
 
     def _check_output_dir(self) -> None:
         for case in self.cases:

@@ -5,7 +5,7 @@ The model path (``-m`` or HOLOSCAN_MODEL_PATH) is a MOTFM bundle folder, or a fo
 
 - ``configs/inference.json``: the bundle's inference config (network, sampler, image size, seed, device);
 - ``configs/deploy.json`` (optional): overrides merged after it, like the bundle's ``configs/variants/*.json``
-  (e.g. a 3D variant, another image size, fewer solver steps);
+  (e.g. a 3D variant, another image size, fewer solver steps, ``"noise": "per_case"``);
 - ``configs/metadata.json``: the model's name and version, written into the output's equipment attributes;
 - ``scripts/``: the bundle's code; the app reaches the network only through ``scripts.sampler``;
 - ``models/model.pt``: the weights with their model card (checked against the config; for a class-conditioned
@@ -30,6 +30,9 @@ from .images import Plane
 from .jobs import ModelInfo
 
 CONFIGS = ("configs/inference.json", "configs/deploy.json")
+# the app's noise (``scripts.sampler.noise_index``) unless deploy.json sets ``noise``: one noise for all planes of a
+# series, so a 2D model's neighbouring planes agree (bundle/docs/benchmarks.md, inter-plane consistency)
+NOISE = "per_subject"
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 
 
@@ -60,6 +63,7 @@ class Model:
     classes: dict[str, Any] | None  # the card's declaration of the classes: {"names": [...], "rule": ...}
     intensity_range: list[float]
     seed: int
+    noise: str  # "per_subject": one noise for all planes of a series; "per_case": each plane its own
     batch_size: int
     device: torch.device
     name: str
@@ -123,6 +127,8 @@ class Bundle:
         meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
         sampler = parser.get_parsed_content("sampler")
         value = parser.get_parsed_content
+        deploy = root / CONFIGS[1]
+        noise = json.loads(deploy.read_text()).get("noise", NOISE) if deploy.is_file() else NOISE
         return Model(
             file=file,
             network=network,
@@ -133,6 +139,7 @@ class Bundle:
             classes=card.get("classes"),
             intensity_range=[float(v) for v in card["intensity_range"]],
             seed=int(value("seed")),
+            noise=str(noise),
             batch_size=int(value("batch_size")),
             device=torch.device(value("device")),
             name=str(meta.get("name", root.name)),

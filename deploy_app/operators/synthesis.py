@@ -68,15 +68,22 @@ def class_rule(model: Model) -> ClassRule:
 
 def synthesis_cases(model: Model, job: Job) -> list[dict]:
     """The model's inputs for a job: one case per plane (2D model) or one for the stack (3D model), each with its
-    labels, its class (by the rule its card declares, or "no class") and its index (which picks its noise)."""
+    labels, its class (by the rule its card declares, or "no class"), its index and its ``noise_index``: the plane's
+    own noise, or with ``model.noise`` "per_subject" one noise for all planes of the series (named by the SEG's
+    Series Instance UID, so the same input gives the same output)."""
+    from scripts.sampler import noise_index
+
     labels = job.labels.astype(np.float32)
+    series = str(getattr(job.seg, "SeriesInstanceUID", job.name))
     if model.spatial_dims == 3:
-        return [{"label": volume_tensor(job.planes, labels), "class": model.num_classes, "index": 0}]
-    classes = class_rule(model)(job.planes, job.labels) if model.num_classes else [None] * len(job.planes)
-    return [
-        {"label": plane_tensor(p, m), "class": model.num_classes if c is None else c, "index": i}
-        for i, (p, m, c) in enumerate(zip(job.planes, labels, classes))
-    ]
+        cases = [{"label": volume_tensor(job.planes, labels), "class": model.num_classes, "index": 0}]
+    else:
+        classes = class_rule(model)(job.planes, job.labels) if model.num_classes else [None] * len(job.planes)
+        cases = [
+            {"label": plane_tensor(p, m), "class": model.num_classes if c is None else c, "index": i}
+            for i, (p, m, c) in enumerate(zip(job.planes, labels, classes))
+        ]
+    return [{**case, "noise_index": noise_index({**case, "subject": series}, model.noise)} for case in cases]
 
 
 def synthesize(model: Model, job: Job) -> Job:
