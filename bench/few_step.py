@@ -36,7 +36,7 @@ from pathlib import Path
 
 import fire
 from records import ROOT, one_batch, publish, resumable, run_info, test_subset, workflow
-from sampling import sample_and_evaluate
+from sampling import sample_and_evaluate, settings
 from tables import few_step_table
 
 from scripts.checkpoint import read_checkpoint
@@ -73,7 +73,7 @@ def finetune(name: str, base_ckpt: str, work_dir: Path, epochs: int, overrides: 
     """Trains the fine-tune ``name`` of ``FINETUNES`` from ``base_ckpt`` in ``work_dir/name``, resuming an unfinished
     run; a finished one (``epochs`` reached) is reused untouched, so its file and digest stay. Returns (its model
     file, what its card says of its training: iterations, epochs, seconds)."""
-    configs, settings = FINETUNES[name]
+    configs, arm_overrides = FINETUNES[name]
     model = work_dir / name / "model.pt"
     if not model.is_file() or read_checkpoint(str(model))["card"]["provenance"].get("epochs", 0) < epochs:
         workflow(
@@ -82,26 +82,18 @@ def finetune(name: str, base_ckpt: str, work_dir: Path, epochs: int, overrides: 
             init_ckpt=base_ckpt,
             teacher_ckpt=base_ckpt,
             intensity_range=read_checkpoint(base_ckpt)["card"]["intensity_range"],
-            **{"train#trainer#max_epochs": epochs, **settings, **overrides},
+            **{"train#trainer#max_epochs": epochs, **arm_overrides, **overrides},
         ).run()
     provenance = read_checkpoint(str(model))["card"]["provenance"]
     return str(model), {k: provenance.get(k) for k in ("iterations", "epochs", "training_seconds")}
 
 
 def sampler_settings(models: list[str], nfe, adaptive: bool, ddpm_steps: int | None) -> list[tuple[str, dict]]:
-    """(model, setting) of every run: each flow model with Euler at every NFE and midpoint at the even ones, the base
-    with dopri5 (NFE as used), DDPM ancestral at ``ddpm_steps`` (None: no DDPM row)."""
-    runs = [(m, {"method": "flow", "solver": "euler", "num_steps": n, "nfe": n}) for m in models for n in nfe]
-    runs += [
-        (m, {"method": "flow", "solver": "midpoint", "num_steps": n // 2, "nfe": n})
-        for m in models
-        for n in nfe
-        if n % 2 == 0
-    ]
+    """(model, setting) of every run: each flow model with ``sampling.settings``' flow rows (Euler at every NFE,
+    midpoint at the even ones), the base with dopri5 (NFE as used), DDPM ancestral at ``ddpm_steps`` (None: none)."""
+    runs = [(model, setting) for model in models for setting in settings(nfe, (), 0)]
     runs += [("base", {"method": "flow", "solver": "dopri5", "num_steps": 1, "nfe": None})] if adaptive else []
-    if ddpm_steps:
-        runs += [("ddpm", {"method": "ddpm", "solver": "ddpm", "num_steps": ddpm_steps, "nfe": ddpm_steps})]
-    return runs
+    return runs + [("ddpm", setting) for setting in settings((), (), ddpm_steps or 0)]
 
 
 def goal(rows: list[dict], tolerance: float = TOLERANCE) -> dict:
