@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import shutil
 
 import numpy as np
@@ -13,10 +15,11 @@ from monai.bundle import ConfigParser
 from monai.deploy.core.domain.dicom_series import DICOMSeries
 
 from conftest import error_text
-from motfm_deploy.images import read_planes
+from motfm_deploy.images import Plane, read_planes
 from motfm_deploy.jobs import Job
 from motfm_deploy.labels import LabelMap
-from motfm_deploy.model import Bundle, find_bundle
+from motfm_deploy.model import LPS_TO_RAS, MAX_VOXELS, Bundle, find_bundle, volume_tensor
+from motfm_deploy.stack import Stack
 from operators.denoise import denoise
 from operators.seg_reader import synthesis_job
 from operators.synthesis import axial_levels, class_rule, synthesis_cases, synthesize
@@ -119,20 +122,26 @@ def test_model_cards_declare_what_their_classes_mean():
     assert card(num_classes=4, classes=camus)["classes"] == camus
 
 
+def with_deploy(bundle: Bundle, folder, **settings) -> Bundle:
+    """A copy of ``bundle`` with ``settings`` added to its configs/deploy.json."""
+    root = shutil.copytree(bundle.path, folder, symlinks=True)
+    config = json.loads((root / "configs" / "deploy.json").read_text())
+    (root / "configs" / "deploy.json").write_text(json.dumps({**config, **settings}))
+    return Bundle(root)
+
+
 def with_card_classes(bundle: Bundle, folder, classes=None, drop: bool = False, deploy: dict | None = None) -> Bundle:
     """A copy of ``bundle`` whose model file's card declares ``classes`` (``drop``: has no such entry, as files
     written before cards declared them), with ``deploy`` added to its configs/deploy.json."""
-    root = shutil.copytree(bundle.path, folder, symlinks=True)
-    file = root / "models" / "model.pt"
+    copy = with_deploy(bundle, folder, **(deploy or {}))
+    file = copy.path / "models" / "model.pt"
     state = torch.load(file, weights_only=True)
     if drop:
         del state["card"]["classes"]
     else:
         state["card"]["classes"] = classes
     torch.save(state, file)
-    config = json.loads((root / "configs" / "deploy.json").read_text())
-    (root / "configs" / "deploy.json").write_text(json.dumps({**config, **(deploy or {})}))
-    return Bundle(root)
+    return copy
 
 
 def test_class_models_need_a_class_rule_the_app_knows(tmp_path, job, bundle_2d):
@@ -174,10 +183,7 @@ def test_synthesis_2d_is_reproducible_on_the_source_grid(job, bundle_2d):
 def test_planes_of_a_series_share_one_noise_unless_deploy_json_says_per_case(tmp_path, job, bundle_2d):
     shared = bundle_2d.model
     assert shared.noise == "per_subject" and len({c["noise_index"] for c in synthesis_cases(shared, job)}) == 1
-    root = shutil.copytree(bundle_2d.path, tmp_path / "per_case", symlinks=True)
-    config = json.loads((root / "configs" / "deploy.json").read_text())
-    (root / "configs" / "deploy.json").write_text(json.dumps({**config, "noise": "per_case"}))
-    own = Bundle(root).model
+    own = with_deploy(bundle_2d, tmp_path / "per_case", noise="per_case").model
     assert own.noise == "per_case" and [c["noise_index"] for c in synthesis_cases(own, job)] == [0, 1, 2, 3, 4]
     assert not np.array_equal(synthesize(shared, job).images, synthesize(own, job).images)
 
@@ -206,3 +212,110 @@ def test_3d_model_needs_one_stack(job, bundle_3d):
     planes[2].row_cosine, planes[2].column_cosine = np.array([0.0, 1, 0]), np.array([0.0, 0, -1])
     with pytest.raises(ValueError, match="a 3D model needs one stack"):
         synthesize(bundle_3d.model, Job("synthesize", "x", planes, job.labels))
+
+
+def moved(planes: list[Plane], offsets, shear=(0.0, 0.0, 0.0)) -> list[Plane]:
+    """Copies of ``planes`` at ``offsets`` (mm) along the first plane's normal from it, each also moved by
+    ``shear`` (3,) per mm of offset (an oblique stack)."""
+    first = planes[0]
+    return [
+        dataclasses.replace(p, position=first.position + d * (first.normal + np.asarray(shear)))
+        for p, d in zip(planes, offsets)
+    ]
+
+
+def test_stacks_resample_an_uneven_spacing_and_come_back_on_each_plane(job):
+    """Regular: the volume is the planes. Uneven: a regular grid from the first to the last plane, labels from the
+    nearest plane, images linear; a linear ramp along the stack comes back exactly at each plane's offset."""
+    regular = Stack.of(job.planes)
+    assert regular.regular and regular.slices == 5 and regular.step == pytest.approx(4.0)
+    labels = job.labels
+    np.testing.assert_array_equal(regular.to_planes(regular.volume(labels, labels=True)), labels)
+    np.testing.assert_array_equal(Stack.of(job.planes[::-1]).volume(labels[::-1], labels=True), labels)
+
+    offsets = np.array([0.0, 3.0, 7.5, 11.0, 16.0])  # steps 3 to 5 mm, none a gap
+    stack = Stack.of(moved(job.planes, offsets))
+    assert not stack.regular and stack.slices == 5 and stack.step == pytest.approx(4.0)
+    np.testing.assert_allclose(stack.offsets, offsets, atol=1e-3)
+    assert stack.grid == pytest.approx([0.0, 4.0, 8.0, 12.0, 16.0])
+    # labels: each slice of the grid takes the nearest plane's (0 -> 0, 4 -> 3, 8 -> 7.5, 12 -> 11, 16 -> 16)
+    np.testing.assert_array_equal(stack.volume(labels, labels=True), labels)
+    shuffled = Stack.of(moved(job.planes, [16.0, 0.0, 11.0, 7.5, 3.0]))
+    np.testing.assert_array_equal(shuffled.volume(labels[[4, 0, 3, 2, 1]], labels=True), labels)
+    # images: a linear ramp along the stack, on the grid and back to the planes' own offsets
+    pattern = np.random.default_rng(0).normal(size=job.planes[0].shape).astype(np.float32)
+    ramp = np.stack([pattern + 2.5 * d for d in offsets])
+    volume = stack.volume(ramp, labels=False)
+    np.testing.assert_allclose(volume, np.stack([pattern + 2.5 * d for d in stack.grid]), atol=1e-4)
+    np.testing.assert_allclose(stack.to_planes(volume), ramp, atol=1e-4)
+    np.testing.assert_allclose(shuffled.to_planes(volume), ramp[[4, 0, 3, 2, 1]], atol=1e-4)
+
+
+def test_3d_synthesis_of_an_uneven_stack_writes_each_plane_on_its_own(job, bundle_3d, caplog):
+    """Planes at 0, 3.5, 8, 12.5, 16 mm: the model gets the volume of the regular stack (0, 4, ..., 16 mm), and
+    each plane's output is the generated image at its own offset: the regular output on the planes that lie on the
+    grid, the linear mix of its two neighbours on the others."""
+    model = bundle_3d.model
+    regular = synthesize(model, job).images
+    uneven = dataclasses.replace(job, planes=moved(job.planes, [0.0, 3.5, 8.0, 12.5, 16.0]))
+    with caplog.at_level(logging.INFO, logger="motfm_deploy.stack"):
+        out = synthesize(model, uneven).images
+    assert "resampled an uneven stack of 5 planes (steps 3.5..4.5 mm) to a regular step 4 mm" in caplog.text
+    assert out.shape == regular.shape == (5, *job.planes[0].shape)
+    tolerance = 1e-3 * float(np.ptp(regular))
+    np.testing.assert_allclose(out[[0, 2, 4]], regular[[0, 2, 4]], atol=tolerance)
+    np.testing.assert_allclose(out[1], 0.875 * regular[1] + 0.125 * regular[0], atol=tolerance)
+    np.testing.assert_allclose(out[3], 0.875 * regular[3] + 0.125 * regular[4], atol=tolerance)
+    assert not np.allclose(out[1], regular[1], atol=tolerance)  # the mix is not the grid's slice
+
+
+def test_3d_model_refuses_a_stack_with_a_missing_plane_or_too_few_planes(job, bundle_3d):
+    model = bundle_3d.model
+    kept = [0, 1, 3, 4]
+    missing = Job("synthesize", "x", [job.planes[k] for k in kept], job.labels[kept])
+    between = f"between {job.planes[1].where} and {job.planes[3].where} (at 4.00 and 12.00 mm along the stack"
+    with pytest.raises(ValueError, match="planes are missing") as excinfo:
+        synthesize(model, missing)
+    assert between in str(excinfo.value) and "a step of 8 mm, the median step is 4 mm" in str(excinfo.value)
+    for count in (1, 2):
+        few = Job("synthesize", "x", job.planes[:count], job.labels[:count])
+        with pytest.raises(ValueError, match=f"needs a stack of at least 3 planes, the series has {count}") as excinfo:
+            synthesize(model, few)
+        assert str(excinfo.value).startswith(job.planes[0].where)
+
+
+def test_3d_model_refuses_a_stack_over_max_voxels_before_any_work(tmp_path, job, bundle_3d, monkeypatch):
+    assert bundle_3d.model.max_voxels == MAX_VOXELS == 512**3
+    model = with_deploy(bundle_3d, tmp_path / "small", max_voxels=5000).model
+    assert model.max_voxels == 5000
+    ran = []
+    monkeypatch.setattr(model, "prepare", lambda *a, **k: ran.append("prepare"))
+    monkeypatch.setattr(model.sampler, "generate", lambda *a, **k: ran.append("generate"))
+    monkeypatch.setattr(model.network, "forward", lambda *a, **k: ran.append("network"))
+    rows, columns = job.planes[0].shape
+    size = f"a stack of {columns} x {rows} x 5 = {rows * columns * 5} voxels is over the limit of 5000 voxels"
+    for work in (synthesize, denoise):
+        with pytest.raises(ValueError, match=size) as excinfo:
+            work(model, job)
+        assert "max_voxels in configs/deploy.json" in str(excinfo.value)
+    assert ran == []
+
+
+def test_3d_model_takes_an_oblique_stack_on_its_own_axis(job, bundle_3d):
+    """A sheared stack (positions moving along a row as well as the normal, as with gantry tilt): the volume's
+    third axis is the step between positions, so its affine puts each slice on its plane; a plane off the line
+    through the others is refused."""
+    oblique = moved(job.planes, [0.0, 4.0, 8.0, 12.0, 16.0], shear=0.5 * job.planes[0].row_cosine)
+    stack = Stack.of(oblique)
+    assert stack.regular and stack.step == pytest.approx(np.hypot(4.0, 2.0), rel=1e-4)
+    affine = np.asarray(volume_tensor(stack, job.labels.astype(np.float32), labels=True).affine)
+    for k, plane in enumerate(oblique):
+        np.testing.assert_allclose(affine @ [0, 0, k, 1], [*(LPS_TO_RAS @ plane.position), 1], atol=1e-3)
+        corner = plane.position + plane.row_cosine * plane.spacing[1] * 3 + plane.column_cosine * plane.spacing[0] * 2
+        np.testing.assert_allclose(affine @ [3, 2, k, 1], [*(LPS_TO_RAS @ corner), 1], atol=1e-3)
+    out = synthesize(bundle_3d.model, dataclasses.replace(job, planes=oblique)).images
+    assert out.shape == (5, *job.planes[0].shape) and np.isfinite(out).all()
+    bent = [*oblique[:2], dataclasses.replace(oblique[2], position=oblique[2].position + job.planes[0].row_cosine)]
+    with pytest.raises(ValueError, match="off the line through the other planes' positions") as excinfo:
+        Stack.of([*bent, *oblique[3:]])
+    assert str(excinfo.value).startswith(oblique[2].where)

@@ -5,7 +5,8 @@ The model path (``-m`` or HOLOSCAN_MODEL_PATH) is a MOTFM bundle folder, or a fo
 
 - ``configs/inference.json``: the bundle's inference config (network, sampler, image size, seed, device);
 - ``configs/deploy.json`` (optional): overrides merged after it, like the bundle's ``configs/variants/*.json``
-  (e.g. a 3D variant, another image size, fewer solver steps, ``"noise": "per_case"``);
+  (e.g. a 3D variant, another image size, fewer solver steps, ``"noise": "per_case"``), and the app's own
+  ``max_voxels``: the largest volume a 3D model is given (rows x columns x planes);
 - ``configs/metadata.json``: the model's name and version, written into the output's equipment attributes;
 - ``scripts/``: the bundle's code; the app reaches the network only through ``scripts.sampler``;
 - ``models/model.pt``: the weights with their model card (checked against the config; for a class-conditioned
@@ -28,11 +29,14 @@ from monai.data import MetaTensor
 
 from .images import Plane
 from .jobs import ModelInfo
+from .stack import Stack
 
 CONFIGS = ("configs/inference.json", "configs/deploy.json")
 # the app's noise (``scripts.sampler.noise_index``) unless deploy.json sets ``noise``: one noise for all planes of a
 # series, so a 2D model's neighbouring planes agree (bundle/docs/benchmarks.md, inter-plane consistency)
 NOISE = "per_subject"
+# the largest stack (rows x columns x planes) a 3D model is given unless deploy.json sets ``max_voxels``
+MAX_VOXELS = 512**3
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 
 
@@ -65,6 +69,7 @@ class Model:
     seed: int
     noise: str  # "per_subject": one noise for all planes of a series; "per_case": each plane its own
     batch_size: int
+    max_voxels: int  # the largest stack a 3D model is given
     device: torch.device
     name: str
     version: str
@@ -85,6 +90,19 @@ class Model:
 
         transforms = model_transforms(self.image_size, self.num_labels, intensity_range)
         return [transforms(case) for case in cases]
+
+    def stack(self, planes: Sequence[Plane]) -> Stack:
+        """The stack of ``planes`` for a 3D model (``Stack.of``), checked against ``max_voxels`` before any work.
+        Raises ValueError naming the file, the stack's size and the limit."""
+        stack = Stack.of(planes)
+        if stack.voxels > self.max_voxels:
+            rows, columns = stack.origin.shape
+            raise ValueError(
+                f"{stack.origin.where}: a stack of {columns} x {rows} x {max(len(planes), stack.slices)} = "
+                f"{stack.voxels} voxels is over the limit of {self.max_voxels} voxels for a 3D model (max_voxels in "
+                "configs/deploy.json)"
+            )
+        return stack
 
     def restore(
         self, images: torch.Tensor, references: Sequence[MetaTensor], intensity_range: Sequence[float]
@@ -128,7 +146,7 @@ class Bundle:
         sampler = parser.get_parsed_content("sampler")
         value = parser.get_parsed_content
         deploy = root / CONFIGS[1]
-        noise = json.loads(deploy.read_text()).get("noise", NOISE) if deploy.is_file() else NOISE
+        settings = json.loads(deploy.read_text()) if deploy.is_file() else {}
         return Model(
             file=file,
             network=network,
@@ -139,8 +157,9 @@ class Bundle:
             classes=card.get("classes"),
             intensity_range=[float(v) for v in card["intensity_range"]],
             seed=int(value("seed")),
-            noise=str(noise),
+            noise=str(settings.get("noise", NOISE)),
             batch_size=int(value("batch_size")),
+            max_voxels=int(settings.get("max_voxels", MAX_VOXELS)),
             device=torch.device(value("device")),
             name=str(meta.get("name", root.name)),
             version=str(meta.get("version", "unknown")),
@@ -177,21 +196,12 @@ def plane_tensor(plane: Plane, array: np.ndarray) -> MetaTensor:
     return _tensor(array.T, full[np.ix_([*axes, 3], [0, 1, 3])], plane.where)
 
 
-def volume_tensor(planes: Sequence[Plane], arrays: Sequence[np.ndarray]) -> MetaTensor:
-    """Planes of one stack and their (rows, columns) arrays as a 3D MetaTensor (1, columns, rows, slices).
-
-    The slice step is the mean distance between planes along their normal (uneven spacing is averaged).
-    """
-    first = planes[0]
-    for plane in planes[1:]:
-        if plane.shape != first.shape or not np.allclose(plane.orientation, first.orientation, atol=1e-3):
-            raise ValueError(f"{plane.where}: a 3D model needs one stack, but its size or orientation differs")
-    offsets = [float((p.position - first.position) @ first.normal) for p in planes]
-    step = (offsets[-1] - offsets[0]) / (len(planes) - 1) if len(planes) > 1 else float(first.spacing.min())
-    if step <= 0:
-        raise ValueError(f"{first.where}: the series' planes share one position; a 3D model needs a stack")
-    volume = np.stack([a.T for a in arrays], axis=-1)
-    return _tensor(volume, _affine(first, first.normal * step), first.where)
+def volume_tensor(stack: Stack, arrays: Sequence[np.ndarray], labels: bool) -> MetaTensor:
+    """The planes' (rows, columns) arrays as the stack's volume (``Stack.volume``; ``labels``: taken from the
+    nearest plane where it is resampled), a 3D MetaTensor (1, columns, rows, slices) whose third axis is the step
+    along the stack's axis (exact for an oblique stack)."""
+    volume = stack.volume(np.stack(arrays), labels).transpose(2, 1, 0)
+    return _tensor(volume, _affine(stack.origin, stack.direction * stack.step), stack.origin.where)
 
 
 def to_planes(tensor: torch.Tensor) -> list[np.ndarray]:

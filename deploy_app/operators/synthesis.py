@@ -12,6 +12,7 @@ from monai.data import list_data_collate
 from motfm_deploy.images import Plane
 from motfm_deploy.jobs import Job
 from motfm_deploy.model import Model, batches, plane_tensor, volume_tensor
+from motfm_deploy.stack import Stack
 from operators.model_operator import ModelOperator
 
 logger = logging.getLogger(__name__)
@@ -66,17 +67,19 @@ def class_rule(model: Model) -> ClassRule:
     return derive
 
 
-def synthesis_cases(model: Model, job: Job) -> list[dict]:
-    """The model's inputs for a job: one case per plane (2D model) or one for the stack (3D model), each with its
-    labels, its class (by the rule its card declares, or "no class"), its index and its ``noise_index``: the plane's
-    own noise, or with ``model.noise`` "per_subject" one noise for all planes of the series (named by the SEG's
-    Series Instance UID, so the same input gives the same output)."""
+def synthesis_cases(model: Model, job: Job, stack: Stack | None = None) -> list[dict]:
+    """The model's inputs for a job: one case per plane (2D model) or one for the stack (3D model: ``stack``, else
+    ``model.stack`` of the job's planes), each with its labels, its class (by the rule its card declares, or "no
+    class"), its index and its ``noise_index``: the plane's own noise, or with ``model.noise`` "per_subject" one
+    noise for all planes of the series (named by the SEG's Series Instance UID, so the same input gives the same
+    output)."""
     from scripts.sampler import noise_index
 
     labels = job.labels.astype(np.float32)
     series = str(getattr(job.seg, "SeriesInstanceUID", job.name))
     if model.spatial_dims == 3:
-        cases = [{"label": volume_tensor(job.planes, labels), "class": model.num_classes, "index": 0}]
+        volume = volume_tensor(stack or model.stack(job.planes), labels, labels=True)
+        cases = [{"label": volume, "class": model.num_classes, "index": 0}]
     else:
         classes = class_rule(model)(job.planes, job.labels) if model.num_classes else [None] * len(job.planes)
         cases = [
@@ -88,18 +91,22 @@ def synthesis_cases(model: Model, job: Job) -> list[dict]:
 
 def synthesize(model: Model, job: Job) -> Job:
     """Generates the job's images from ``synthesis_cases`` with the model's seed, in batches. Images are in the
-    model's intensity units (its card's intensity range) on the planes' own grid."""
-    cases = synthesis_cases(model, job)
-    prepared, outputs, nfe = model.prepare(cases), [], 0
+    model's intensity units (its card's intensity range) on the planes' own grid. A 3D model's stack is checked
+    (``Model.stack``: its geometry and ``max_voxels``) before any work; its output goes back to each plane."""
+    stack = model.stack(job.planes) if model.spatial_dims == 3 else None
+    cases = synthesis_cases(model, job, stack)
+    prepared, outputs, nfe, done = model.prepare(cases), [], 0, 0
     for chunk in batches(prepared, model.batch_size):
         batch = list_data_collate(list(chunk))
         images, nfe = model.sampler.generate(model.network, batch, [1, *model.image_size], model.seed, model.device)
         outputs += model.restore(images, [c["label"] for c in chunk], model.intensity_range)
-        logger.info(f"synthesized {len(outputs)} of {len(job.planes)} planes of {job.name}")
+        done += len(chunk)
+        logger.info(f"synthesized {done} of {len(cases)} {'stack' if stack else 'plane'}s of {job.name}")
+    images = np.stack(outputs) if stack is None else stack.to_planes(np.stack(outputs))
     given = sorted({c["class"] for c in cases if c["class"] != model.num_classes})
     rule = str((model.classes or {}).get("rule", "")).replace("_", " ")
     details = (f"{rule} classes {given}" if given else "no class") if model.num_classes else ""
-    return dataclasses.replace(job, images=np.stack(outputs), model=model.info, nfe=nfe, details=details)
+    return dataclasses.replace(job, images=images, model=model.info, nfe=nfe, details=details)
 
 
 class SynthesisOperator(ModelOperator):
