@@ -179,6 +179,40 @@ def sampling_table(record: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def volumetric_table(record: dict) -> str:
+    """The 3D comparison (see bench/volumetric.py): flow at each NFE against DDPM ancestral and DDIM on the test
+    subjects; each value the mean over seeds with the seeds' range in brackets."""
+    lines = [
+        "| method | solver | NFE | patch FD | mask Dice (real volumes) | MS-SSIM diversity (real volumes) "
+        "| conditional MS-SSIM | inter-plane ratio (real volumes) | s / volume |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in record["rows"]:
+        r = {**r, "ci95": r["seed_range"]}
+        lines.append(
+            f"| {r['method']} | {r['solver']} | {r['nfe']} | {_value(r, 'fd_patches')} "
+            f"| {_value(r, 'mask_dice')} ({_value(r, 'mask_dice_real')}) "
+            f"| {_value(r, 'ms_ssim_diversity')} ({_value(r, 'ms_ssim_diversity_real')}) "
+            f"| {_value(r, 'conditional_ms_ssim')} "
+            f"| {_value(r, 'interplane_ratio', 2)} ({_value(r, 'interplane_ratio_real', 2)}) "
+            f"| {_value(r, 'seconds_per_volume', 2)} |"
+        )
+    s, models = record["settings"], record["models"]
+    size = "x".join(str(n) for n in s["image_size"])
+    trained = "; ".join(
+        f"{name} {m.get('iterations')} iterations, {m.get('training_seconds')} s" for name, m in models.items()
+    )
+    lines += [
+        "",
+        f"{s['test_volumes']} test volumes of {size}, seeds {s['seeds']}. Patch FD: the 3D segmenter's features of "
+        f"{s['patches_per_volume']} patches of {'x'.join(str(n) for n in s['patch_size'])} per volume, a seed's "
+        f"generated test volumes against the {s['validation_volumes']} real validation volumes; the real test volumes "
+        f"against the same give {record['fd_patches_real']:.3f} (the floor). Models: {trained}; {record['machine']}; "
+        f"`{record['command']}`, {record['seconds']} s.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def _ratio(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}x"
 
@@ -416,6 +450,7 @@ BLOCKS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "denoising": ("denoising.json", denoising_table),
     "few_step": ("few_step.json", few_step_table),
     "interplane": ("interplane.json", interplane_table),
+    "volumetric": ("volumetric.json", volumetric_table),
 }
 
 

@@ -68,3 +68,17 @@ def test_the_shipped_ddpm_baseline_loads_and_samples(data_dir, tmp_path):
     assert info["num_cases"] == 2 and info["nfe"] == 5
     card = torch.load(BUNDLE / "models" / "model_ddpm.pt", weights_only=True)["card"]
     assert card["method"] == "ddpm" and card["schedule"]["num_train_timesteps"] == 1000
+
+
+def test_the_ddpm_baseline_was_trained_like_the_flow_model_with_the_chosen_schedule():
+    ddpm, flow = (
+        torch.load(BUNDLE / "models" / name, weights_only=True)["card"] for name in ("model_ddpm.pt", "model.pt")
+    )
+    assert ddpm["network"] == flow["network"] and ddpm["image_size"] == flow["image_size"]
+    a, b = ddpm["provenance"], flow["provenance"]
+    assert a["data"] == b["data"] and a["iterations"] == b["iterations"]  # the same training data, file by file
+    same = ("batch_size", "seed", "lr", "lr_schedule", "ema_decay", "condition_dropout", "unet", "variant")
+    assert {k: a["settings"][k] for k in same} == {k: b["settings"][k] for k in same}
+    chosen = json.loads((RECORDS / "ddpm_selection.json").read_text())["chosen"]
+    assert ddpm["schedule"]["schedule"] == chosen["noise_schedule"]
+    assert ddpm["schedule"]["prediction_type"] == chosen["prediction_type"]

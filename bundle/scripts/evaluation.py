@@ -382,8 +382,8 @@ class Evaluation:
             skipped["segmenter"] = "no labels to segment"
             return None
         if not self.segmenter_path or not os.path.isfile(self.segmenter_path):
-            where = f"no segmenter at {self.segmenter_path}"
-            skipped["segmenter"] = f"{where}; train one with bundle/configs/train_segmenter.json"
+            configs = "train_segmenter.json" + ("" if len(self.image_size) == 2 else " + train_segmenter_3d.json")
+            skipped["segmenter"] = f"no segmenter at {self.segmenter_path}; train one with bundle/configs/{configs}"
             return None
         return downstream.load(self.segmenter_path, "segmenter", self.image_size, self.num_labels, self.device)
 
