@@ -448,6 +448,8 @@ BLOCKS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "model_card": ("generalisation.json", model_card_table),
     "ddpm_selection": ("ddpm_selection.json", ddpm_selection_table),
     "denoising": ("denoising.json", denoising_table),
+    "sampling": ("sampling.json", sampling_table),
+    "guidance": ("guidance.json", guidance_table),
     "few_step": ("few_step.json", few_step_table),
     "interplane": ("interplane.json", interplane_table),
     "volumetric": ("volumetric.json", volumetric_table),
