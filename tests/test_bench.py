@@ -8,6 +8,7 @@ import math
 import torch
 
 from conftest import tiny
+from scripts.provenance import file_sha256
 
 
 def _overrides(data_dir, small_datalist) -> dict:
@@ -57,15 +58,19 @@ def test_sampling_benchmark(data_dir, small_datalist, tiny_model, tiny_ddpm, tmp
     assert "Flow (Euler, 2 NFE) against DDPM (ancestral, 3 NFE)" in table
     assert all((tmp_path / name).stat().st_size > 1000 for name in ("quality_vs_nfe.png", "quality_vs_seconds.png"))
 
-    # a rerun resumes: each setting's saved result is read back, not measured again (timings would differ) ...
+    # a rerun resumes: each setting's saved result is read back, not measured again (the files stay as they were) ...
+    saved = sorted((tmp_path / "runs").glob("*/result.json"))
+    assert len(saved) == len(rows)
+    stamps = [f.stat().st_mtime_ns for f in saved]
     main(**args)
     assert json.loads((tmp_path / "sampling.json").read_text())["rows"] == record["rows"]
+    assert [f.stat().st_mtime_ns for f in saved] == stamps
     # ... unless what it depends on changed: another flow checkpoint measures the flow rows again
     other = tmp_path / "other.pt"
     other.write_bytes(tiny_model.read_bytes() + b"\0")
     main(**{**args, "flow_ckpt": str(other), "ddim_steps": (), "ddpm_steps": 0, "nfe": (1,)})
-    rerun = json.loads((tmp_path / "sampling.json").read_text())["rows"]
-    assert rerun[0]["seconds_per_sample"] != rows[("flow", "euler", 1)]["seconds_per_sample"]
+    remeasured = json.loads((tmp_path / "runs/flow-euler-1/result.json").read_text())
+    assert remeasured["key"]["checkpoint_sha256"] == file_sha256(str(other))
 
 
 def test_downstream_benchmark(data_dir, small_datalist, tiny_model, tmp_path):
