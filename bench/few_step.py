@@ -35,12 +35,11 @@ import time
 from pathlib import Path
 
 import fire
-from records import ROOT, one_batch, publish, resumable, run_info, test_subset, workflow
-from sampling import sample_and_evaluate, settings
+from records import ROOT, one_batch, publish, run_info, test_subset, workflow
+from sampling import resumable_sample_and_evaluate, settings
 from tables import few_step_table
 
 from scripts.checkpoint import read_checkpoint
-from scripts.provenance import file_sha256
 from scripts.visualize import plt
 
 FIXED = ("euler", "midpoint")  # the fixed-step solvers of the sweep
@@ -188,13 +187,10 @@ def main(
     flow = list(models)
     if ddpm_ckpt:
         models["ddpm"] = ddpm_ckpt
-    digests = {name: file_sha256(path) for name, path in models.items()}
     rows = []
     for model, setting in sampler_settings(flow, nfe, adaptive, ddpm_steps if ddpm_ckpt else None):
         name = f"{model}-{setting['solver']}-{setting['num_steps']}"
-        key = {**setting, "checkpoint_sha256": digests[model], "overrides": sample_overrides}
-        run = work / "samples" / name
-        result = resumable(run, key, sample_and_evaluate, setting, models[model], str(run), sample_overrides)
+        result = resumable_sample_and_evaluate(setting, models[model], work / "samples" / name, sample_overrides)
         rows.append({"model": model, **result})
         print(f"{name}: NFE {rows[-1]['nfe']}, {rows[-1]['seconds_per_sample']} s per sample", flush=True)
     record = {

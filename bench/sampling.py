@@ -99,6 +99,13 @@ def sample_and_evaluate(setting: dict, ckpt: str, out: str, overrides: dict) -> 
     return {**setting, **{k: result.get(k) for k in keys}}
 
 
+def resumable_sample_and_evaluate(setting: dict, ckpt: str, run: Path, overrides: dict) -> dict:
+    """``sample_and_evaluate`` into ``run``, its result kept there with the setting, the checkpoint's SHA-256 and the
+    overrides (``records.resumable``): a rerun with the same ones reads it back instead of sampling again."""
+    key = {**setting, "checkpoint_sha256": file_sha256(ckpt), "overrides": overrides}
+    return resumable(run, key, sample_and_evaluate, setting, ckpt, str(run), overrides)
+
+
 def training_overhead(ckpt_dir: str, iterations: int, overrides: dict) -> dict:
     """Seconds per iteration in the steady state (after a first, warm-up iteration each): the bundle's trainer
     (data pipeline with augmentation, EMA, LR schedule, handlers) vs a bare loop on one batch."""
@@ -178,14 +185,10 @@ def main(
     models = {"flow": flow_ckpt, "ddpm": ddpm_ckpt}
     work = Path(work_dir).resolve()
     sample_overrides = one_batch(test_subset(extra, case_stride, work), flow_ckpt)
-    digests = {name: file_sha256(path) for name, path in models.items()}
     rows = []
     for setting in settings(nfe, ddim_steps, ddpm_steps):
         name = f"{setting['method']}-{setting['solver']}-{setting['nfe']}"
-        key = {**setting, "checkpoint_sha256": digests[setting["method"]], "overrides": sample_overrides}
-        run = work / name
-        ckpt = models[setting["method"]]
-        rows.append(resumable(run, key, sample_and_evaluate, setting, ckpt, str(run), sample_overrides))
+        rows.append(resumable_sample_and_evaluate(setting, models[setting["method"]], work / name, sample_overrides))
         print(f"{name}: {rows[-1]['seconds_per_sample']} s per sample")
     with tempfile.TemporaryDirectory() as tmp:  # a fresh run: the trainer would resume one it finds
         training = training_overhead(tmp, train_iterations, extra)
