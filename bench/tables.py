@@ -144,9 +144,41 @@ def denoising_table(record: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+# the claim's goals: (flow's Euler NFE, the DDPM row's solver and NFE, the largest time ratio or None)
+CLAIMS = ((10, "ddpm", 1000, 1 / 50), (2, "ddim", 50, None))
+# the distribution metrics and mask Dice, with True where higher is better
+CLAIM_METRICS = {
+    "fd_segmenter_features": False,
+    "kid_segmenter_features": False,
+    "mmd": False,
+    "hist_wasserstein": False,
+    "mask_dice": True,
+}
+
+
+def _claim(rows: list[dict], nfe: int, solver: str, steps: int, time_ratio: float | None) -> str:
+    """One goal of the claim, metric by metric: is flow (Euler, ``nfe``) at least as good as DDPM (``solver``,
+    ``steps``), and, with ``time_ratio``, at most that fraction of its seconds per sample?"""
+    flow = next((r for r in rows if (r["method"], r["solver"], r["nfe"]) == ("flow", "euler", nfe)), None)
+    ddpm = next((r for r in rows if (r["method"], r["solver"], r["num_steps"]) == ("ddpm", solver, steps)), None)
+    if flow is None or ddpm is None:
+        return f"Flow at {nfe} NFE against DDPM {solver} {steps}: not in this record."
+    verdicts = []
+    for key, higher in CLAIM_METRICS.items():
+        a, b = flow.get(key), ddpm.get(key)
+        if a is not None and b is not None:
+            met = a >= b if higher else a <= b
+            verdicts.append(f"{key} {a:.3g} vs {b:.3g} ({'met' if met else 'NOT MET'})")
+    ratio = flow["seconds_per_sample"] / ddpm["seconds_per_sample"]
+    timing = f"time {ratio:.3f} of DDPM's" + (
+        f" ({'met' if ratio <= time_ratio else 'NOT MET'}: at most {time_ratio:.2g})" if time_ratio else ""
+    )
+    return f"Flow (Euler, {nfe} NFE) against DDPM ({solver}, {steps} steps): " + "; ".join([*verdicts, timing]) + "."
+
+
 def sampling_table(record: dict) -> str:
-    """Flow against the DDPM baseline at each sampler setting (see bench/sampling.py), and the headline comparison:
-    flow (Euler) at its largest NFE against DDPM's ancestral sampler."""
+    """Flow against the DDPM baseline at each sampler setting (see bench/sampling.py), then the claim's goals
+    (``CLAIMS``), each metric met or not."""
     lines = [
         "| method | solver | NFE | feature FD | KID | MMD | mask Dice (real images) | hist W1 | conditional MS-SSIM "
         "| SSIM | PSNR | s / sample |",
@@ -160,21 +192,7 @@ def sampling_table(record: dict) -> str:
             f"| {_value(r, 'conditional_ms_ssim')} | {_value(r, 'ssim_paired')} | {_value(r, 'psnr_paired', 2)} "
             f"| {_value(r, 'seconds_per_sample', 4)} |"
         )
-    flows = [r for r in record["rows"] if r["method"] == "flow" and r["solver"] == "euler"]
-    ancestral = [r for r in record["rows"] if r["method"] == "ddpm" and r["solver"] == "ddpm"]
-    if flows and ancestral:
-        flow, ddpm = max(flows, key=lambda r: r["nfe"]), ancestral[0]
-        compared = [
-            f"{key} {flow[key]:.3g} vs {ddpm[key]:.3g}"
-            for key in ("fd_segmenter_features", "mask_dice", "hist_wasserstein", "conditional_ms_ssim")
-            if flow.get(key) is not None and ddpm.get(key) is not None
-        ]
-        lines += [
-            "",
-            f"Flow (Euler, {flow['nfe']} NFE) against DDPM (ancestral, {ddpm['nfe']} NFE): "
-            + "; ".join(compared)
-            + f"; {ddpm['seconds_per_sample'] / flow['seconds_per_sample']:.0f}x faster per sample.",
-        ]
+    lines += [""] + [_claim(record["rows"], *goal) for goal in CLAIMS]
     lines += ["", f"{record['machine']}; `{record['command']}`."]
     return "\n".join(lines) + "\n"
 
@@ -215,6 +233,27 @@ def volumetric_table(record: dict) -> str:
 
 def _ratio(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}x"
+
+
+def scale_cpu_table(record: dict) -> str:
+    """3D memory and time on the CPU (see ``bench/scale.py cpu``): measured training and sampling per cube side
+    beside the estimate that ``bench/scale.py memory`` uses without a GPU."""
+    lines = [
+        "| side | training step s | training peak GiB | 10-NFE sampling s / volume | sampling peak GiB "
+        "| estimate GiB (training) | estimate / measured |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in record["rows"]:
+        measured = [r.get(k, "-") for k in ("train_seconds", "train_gib", "sample_seconds", "sample_gib")]
+        cells = " | ".join(str(v) for v in [f"{r['side']}^3", *measured, r["estimated_gib"]])
+        lines.append(f"| {cells} | {_ratio(r.get('estimate_over_measured'))} |")
+    lines += [
+        "",
+        f"{record['variant']}, batch {record['batch']}, {record['precision']}; each measurement in a fresh process "
+        f"(peak resident memory over the process's before the network existed); {record['machine']}; "
+        f"`{record['command']}`, {record['seconds']} s.",
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def few_step_table(record: dict) -> str:
@@ -453,6 +492,7 @@ BLOCKS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "few_step": ("few_step.json", few_step_table),
     "interplane": ("interplane.json", interplane_table),
     "volumetric": ("volumetric.json", volumetric_table),
+    "scale_cpu": ("scale_cpu.json", scale_cpu_table),
 }
 
 

@@ -36,25 +36,25 @@ def tiny_deploy(
 def make_bundle(
     folder: Path, deploy: Mapping[str, Any] | None = None, intensity_range: Sequence[float] = (0.0, 900.0)
 ) -> Path:
-    """A bundle at ``folder``: the real configs/inference.json, metadata.json and scripts, ``deploy`` as
+    """A bundle at ``folder``: the real configs/inference.json, variants, metadata.json and scripts, ``deploy`` as
     configs/deploy.json (None: the shipped configuration), and models/model.pt holding untrained weights with the
     card training writes for that configuration, with ``intensity_range``."""
     if str(BUNDLE) not in sys.path:
         sys.path.insert(0, str(BUNDLE))  # the configs name `scripts.*`
     from monai.bundle import ConfigParser
 
+    from motfm_deploy.model import config_files
     from scripts.checkpoint import save_model
 
     (folder / "configs").mkdir(parents=True)
     for name in ("inference.json", "metadata.json"):
         shutil.copy(BUNDLE / "configs" / name, folder / "configs" / name)
+    shutil.copytree(BUNDLE / "configs" / "variants", folder / "configs" / "variants")
     (folder / "scripts").symlink_to(BUNDLE / "scripts")
-    configs = [folder / "configs" / "inference.json"]
     if deploy is not None:
-        configs.append(folder / "configs" / "deploy.json")
-        configs[-1].write_text(json.dumps(dict(deploy), indent=1))
+        (folder / "configs" / "deploy.json").write_text(json.dumps(dict(deploy), indent=1))
     parser = ConfigParser()
-    parser.read_config([str(c) for c in configs])
+    parser.read_config([str(c) for c in config_files(folder)])
     torch.manual_seed(0)
     network = parser.get_parsed_content("network_def")
     card = parser.get_parsed_content("card")

@@ -77,6 +77,21 @@ def test_bundle_loads_the_model_with_its_overrides(bundle_2d):
     assert model.settings == "flow, euler solver, 2 steps" and model.device == torch.device("cpu")
 
 
+def test_deploy_3d_switches_the_app_to_the_3d_model_file(tmp_path):
+    """configs/deploy_3d.json copied to deploy.json: the variant's file is merged (mask_3d has no class) and the
+    weights come from models/model_3d.pt; without that file the app names it."""
+    deploy = {**tiny_deploy((16, 16, 16), "mask_3d"), **json.loads((BUNDLE / "configs" / "deploy_3d.json").read_text())}
+    del deploy["num_classes"]  # left to the variant's file
+    root = make_bundle(tmp_path / "motfm", deploy)
+    (root / "models" / "model.pt").rename(root / "models" / "model_3d.pt")
+    model = Bundle(root).model
+    assert model.file == str(root / "models" / "model_3d.pt")
+    assert (model.spatial_dims, model.num_labels, model.num_classes) == (3, 4, 0)
+    (root / "models" / "model_3d.pt").rename(root / "models" / "model.pt")
+    with pytest.raises(FileNotFoundError, match="model_3d.pt"):
+        _ = Bundle(root).model
+
+
 def test_a_bundle_that_does_not_fit_is_refused(tmp_path, bundle_2d):
     broken = shutil.copytree(bundle_2d.path, tmp_path / "broken", symlinks=True)
     config = json.loads((broken / "configs" / "deploy.json").read_text())

@@ -43,6 +43,21 @@ def test_every_ddim_step_lands_on_the_next_timestep_the_network_sees(steps):
 
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_ddim_follows_estimates_outside_the_data_range_at_any_step_count(prediction_type):
+    """DDIM is the ODE of the network's own estimates: with MONAI's clip_sample, a clean-image estimate below -1
+    (a background at -1 estimated slightly low) is clipped while the noise estimate is kept, the two disagree, and
+    the error grows with the step count (grey backgrounds at 250 steps); the sampler turns that clip off."""
+    schedule = {**DDPM_SCHEDULE, "prediction_type": prediction_type}
+    x0 = torch.full((2, 1, 8, 8), -1.05)
+    x0[..., 2:6, 2:6] = 0.4
+    for steps in (10, 250):
+        images, _ = DiffusionSampler("ddim", steps, schedule=schedule)(
+            Oracle(x0, prediction_type), torch.randn_like(x0), {}
+        )
+        assert torch.allclose(images, x0, atol=1e-3), steps
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
 def test_both_prediction_types_train_on_their_target_and_sample_back(prediction_type):
     schedule = {**DDPM_SCHEDULE, "prediction_type": prediction_type}
     x0 = torch.rand(3, 1, 8, 8) * 2 - 1

@@ -26,3 +26,25 @@ def test_a_changed_record_makes_its_block_stale(tmp_path):
     record["rows"][0]["metrics"]["mask_dice"] += 0.01
     (records / "generalisation.json").write_text(json.dumps(record))
     assert stale_blocks([doc], records) == ["doc.md: generalisation"]
+
+
+def test_the_claims_verdicts_follow_each_metrics_direction():
+    from tables import _claim
+
+    def row(method, solver, steps, nfe, fd, dice, seconds):
+        return {
+            "method": method,
+            "solver": solver,
+            "num_steps": steps,
+            "nfe": nfe,
+            "fd_segmenter_features": fd,
+            "mask_dice": dice,
+            "seconds_per_sample": seconds,
+        }
+
+    rows = [row("flow", "euler", 10, 10, 0.1, 0.80, 1.0), row("ddpm", "ddpm", 1000, 1000, 0.2, 0.85, 40.0)]
+    text = _claim(rows, 10, "ddpm", 1000, 1 / 50)
+    assert "fd_segmenter_features 0.1 vs 0.2 (met)" in text  # lower is better
+    assert "mask_dice 0.8 vs 0.85 (NOT MET)" in text  # higher is better
+    assert "time 0.025 of DDPM's (NOT MET: at most 0.02)" in text
+    assert "not in this record" in _claim(rows, 2, "ddim", 50, None)

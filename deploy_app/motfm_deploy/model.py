@@ -4,13 +4,17 @@ The model path (``-m`` or HOLOSCAN_MODEL_PATH) is a MOTFM bundle folder, or a fo
 ``monai-deploy package --models`` lays models out in a package). A bundle folder has:
 
 - ``configs/inference.json``: the bundle's inference config (network, sampler, image size, seed, device);
-- ``configs/deploy.json`` (optional): overrides merged after it, like the bundle's ``configs/variants/*.json``
-  (e.g. a 3D variant, another image size, fewer solver steps, ``"noise": "per_case"``), and the app's own
-  ``max_voxels``: the largest volume a 3D model is given (rows x columns x planes);
+- ``configs/deploy.json`` (optional): overrides merged after it (another image size, fewer solver steps,
+  ``"noise": "per_case"``, ``ckpt_path``), and the app's own ``max_voxels``: the largest volume a 3D model is given
+  (rows x columns x planes). A ``variant`` it names brings its ``configs/variants/<variant>.json``, where the
+  bundle has one, in before it (a variant without a file carries its settings in deploy.json itself), so
+  ``configs/deploy_3d.json`` (``{"variant": "mask_3d", "ckpt_path": ... models/model_3d.pt}``) copied to
+  ``configs/deploy.json`` switches the app to the shipped 3D model;
 - ``configs/metadata.json``: the model's name and version, written into the output's equipment attributes;
 - ``scripts/``: the bundle's code; the app reaches the network only through ``scripts.sampler``;
-- ``models/model.pt``: the weights with their model card (checked against the config; for a class-conditioned
-  model it declares what the classes mean and the rule that derives them, see ``scripts.checkpoint.ModelCard``).
+- ``models/model.pt`` (or deploy.json's ``ckpt_path``): the weights with their model card (checked against the
+  config; for a class-conditioned model it declares what the classes mean and the rule that derives them, see
+  ``scripts.checkpoint.ModelCard``).
 """
 
 from __future__ import annotations
@@ -52,6 +56,15 @@ def find_bundle(path: Path) -> Path:
             f"model path {path} must be a MOTFM bundle (with {CONFIGS[0]}) or hold exactly one (found {what})"
         )
     return found[0]
+
+
+def config_files(root: Path) -> list[Path]:
+    """The configs of the bundle at ``root``, in merge order: inference.json, the variant file that deploy.json
+    names (where the bundle has it), deploy.json (where present)."""
+    deploy = root / CONFIGS[1]
+    variant = json.loads(deploy.read_text()).get("variant") if deploy.is_file() else None
+    files = [root / CONFIGS[0], root / "configs" / "variants" / f"{variant}.json", deploy]
+    return [files[0]] + [f for f in files[1:] if f.is_file()]
 
 
 @dataclass
@@ -129,10 +142,9 @@ class Bundle:
         if str(root) not in sys.path:
             sys.path.insert(0, str(root))  # the configs name `scripts.*`
         parser = ConfigParser()
-        parser.read_config([str(root / c) for c in CONFIGS if (root / c).is_file()])
+        parser.read_config([str(c) for c in config_files(root)])
         parser["bundle_root"] = str(root)
-        file = str(root / "models" / "model.pt")
-        parser["ckpt_path"] = file
+        file = str(parser.get_parsed_content("ckpt_path"))
         try:
             card = parser.get_parsed_content("model_card")  # loads the weights into `network` after checking them
         except RuntimeError as e:  # MONAI wraps the error of a config expression; its cause says what is wrong
