@@ -2,6 +2,7 @@
 
     python bench/scale.py throughput [--variants mask_class_2d,mask_3d] [--iterations 4] [--out results/scale]
     python bench/scale.py memory [--variants mask_3d,uncond_3d] [--gpu_gib 24,40,80,141] [--out results/scale]
+    python bench/scale.py cpu [--variant mask_3d] [--sides 32,48,64] [--estimate_sides 128,256] [--out results/scale]
 
 - throughput: images per second of one process, training (the bundle's train config: the second of two epochs of
   ``--iterations`` steps, data loading and handlers included) and generating (the inference config at 10 Euler
@@ -16,6 +17,10 @@
   backward pass's transient buffers without), plus 20 bytes per parameter (weights, gradients, two AdamW moments
   and the EMA copy), times 1.15 for allocator fragmentation and convolution workspaces, plus 0.5 GiB of CUDA
   context.
+- cpu: the measured peak memory and time of fp32 training steps (AdamW, EMA copy) and of 10-NFE Euler sampling on
+  the CPU at each cube side, beside the estimate above without its CUDA context: the check of the estimate where
+  no GPU is lent, and its value at the larger sides that a CPU cannot train. Each measurement runs in a fresh
+  process, whose peak resident memory over its resident memory before the network exists is the measured peak.
 
 Each writes ``<out>/<name>.json`` and prints a Markdown table.
 """
@@ -24,15 +29,21 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import tempfile
+import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 
 import fire
 import torch
 from monai.bundle import ConfigParser, ConfigWorkflow
-from records import ROOT, machine
+from records import ROOT, machine, run_info, save
 
 from scripts.checkpoint import save_model
+from scripts.sampler import FlowSampler
 
 CONFIGS = ROOT / "bundle" / "configs"
 DATA = ROOT / "bundle" / "data"
@@ -216,6 +227,77 @@ def memory(variants: str = "mask_3d,uncond_3d", gpu_gib: str = "24,40,80,141", o
     _report(out, "memory", rows, lines, method=method)
 
 
+def _peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+def _cpu_measure(variant: str, side: int, batch: int, mode: str, repeats: int) -> dict:
+    """In a fresh process: the peak GiB over the process's before the network exists, and the seconds of one
+    training step (``mode="train"``: fp32 AdamW + EMA copy, the first of ``repeats + 1`` steps not timed) or of one
+    10-step Euler sampling of the batch (``mode="sample"``, the fastest of ``repeats``)."""
+    torch.manual_seed(0)
+    base = _peak_rss_gib()
+    network = _network(variant, False, "cpu")
+    x, t, cond = _inputs(network, batch, side, "cpu")
+    seconds = []
+    if mode == "train":
+        ema = [p.detach().clone() for p in network.parameters()]
+        optimizer = torch.optim.AdamW(network.parameters())
+        for _ in range(repeats + 1):
+            start = time.perf_counter()
+            torch.nn.functional.mse_loss(network(x, t, **cond), x).backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            torch._foreach_lerp_(ema, [p.detach() for p in network.parameters()], 0.001)
+            seconds.append(time.perf_counter() - start)
+        seconds = seconds[1:]
+    else:
+        network.eval()
+        sampler = FlowSampler("euler", num_steps=10)
+        for _ in range(repeats):
+            start = time.perf_counter()
+            with torch.inference_mode():
+                sampler(network, torch.randn_like(x), cond)
+            seconds.append(time.perf_counter() - start)
+    return {"peak_gib": round(_peak_rss_gib() - base, 3), "seconds": round(min(seconds), 3)}
+
+
+def _sides(value: str | int | Sequence[int]) -> list[int]:
+    """Cube sides from the command line: "32,48", 32 or (32, 48) (as fire parses "32,48")."""
+    if isinstance(value, str):
+        return [int(s) for s in value.split(",") if s.strip()]
+    return [int(s) for s in value] if isinstance(value, (list, tuple)) else [int(value)]
+
+
+def cpu(
+    variant: str = "mask_3d",
+    sides: str | Sequence[int] = "32,48,64",
+    estimate_sides: str | Sequence[int] = "128,256",
+    batch: int = 1,
+    repeats: int = 2,
+    out: str = "results/scale",
+) -> dict:
+    """Measured CPU peak memory and seconds, training and sampling, per cube side, beside ``estimated_gib`` without
+    its CUDA context; ``estimate_sides`` get the estimate alone. Writes ``<out>/scale_cpu.json``; returns it."""
+    start = time.perf_counter()
+    context = get_context("spawn")  # a fresh process per measurement: its peak memory is that measurement's
+    rows = []
+    measured = _sides(sides)
+    for side in measured + _sides(estimate_sides):
+        row = {"side": side, "estimated_gib": round(estimated_gib(variant, side, batch, False) - 0.5, 3)}
+        if side in measured:
+            for mode in ("train", "sample"):
+                with ProcessPoolExecutor(1, mp_context=context) as pool:
+                    result = pool.submit(_cpu_measure, variant, side, batch, mode, repeats).result()
+                row[f"{mode}_gib"], row[f"{mode}_seconds"] = result["peak_gib"], result["seconds"]
+            row["estimate_over_measured"] = round(row["estimated_gib"] / row["train_gib"], 2)
+        rows.append(row)
+    record = {**run_info("scale"), "variant": variant, "batch": batch, "precision": "fp32", "rows": rows}
+    record["seconds"] = round(time.perf_counter() - start, 1)
+    save(record, str(Path(out) / "scale_cpu.json"))
+    return record
+
+
 def _report(out: str, name: str, rows: list, lines: list[str], **extra) -> None:
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, f"{name}.json"), "w") as f:
@@ -224,4 +306,4 @@ def _report(out: str, name: str, rows: list, lines: list[str], **extra) -> None:
 
 
 if __name__ == "__main__":
-    fire.Fire({"throughput": throughput, "memory": memory})
+    fire.Fire({"throughput": throughput, "memory": memory, "cpu": cpu})

@@ -170,3 +170,20 @@ def test_ddpm_selection_benchmark(data_dir, small_datalist, segmenter, tmp_path)
     cards = {k: torch.load(tmp_path / "runs" / f"{k[0]}-{k[1]}" / "model.pt", weights_only=True)["card"] for k in rows}
     assert {c["schedule"]["schedule"] for c in cards.values()} == {"linear_beta", "cosine"}
     assert "Chosen: " in (tmp_path / "ddpm_selection.md").read_text()
+
+
+def test_scale_cpu_measures_memory_and_time_beside_the_estimate(tmp_path):
+    from scale import cpu
+    from tables import scale_cpu_table
+
+    record = cpu(sides="16,32", estimate_sides="64", repeats=1, out=str(tmp_path))
+    small, large, estimated = record["rows"]
+    assert json.loads((tmp_path / "scale_cpu.json").read_text())["rows"] == record["rows"]
+    # 8x the voxels: more activation memory and more time, training and sampling alike
+    for key in ("train_gib", "train_seconds", "sample_gib", "sample_seconds"):
+        assert large[key] > small[key] > 0, key
+    assert large["train_gib"] > large["sample_gib"]  # gradients, optimizer moments, saved activations
+    assert estimated["side"] == 64 and "train_gib" not in estimated
+    assert estimated["estimated_gib"] > large["estimated_gib"] > small["estimated_gib"]
+    assert large["estimate_over_measured"] == round(large["estimated_gib"] / large["train_gib"], 2)
+    assert "| 64^3 | - | - | - | - |" in scale_cpu_table(record)
