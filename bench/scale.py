@@ -20,7 +20,8 @@
 - cpu: the measured peak memory and time of fp32 training steps (AdamW, EMA copy) and of 10-NFE Euler sampling on
   the CPU at each cube side, beside the estimate above without its CUDA context: the check of the estimate where
   no GPU is lent, and its value at the larger sides that a CPU cannot train. Each measurement runs in a fresh
-  process, whose peak resident memory over its resident memory before the network exists is the measured peak.
+  (Linux) process: its peak resident memory, reset once the imports are done, over its resident memory before the
+  network exists is the measured peak.
 
 Each writes ``<out>/<name>.json`` and prints a Markdown table.
 """
@@ -29,7 +30,7 @@ from __future__ import annotations
 
 import json
 import os
-import resource
+import re
 import tempfile
 import time
 from collections.abc import Sequence
@@ -227,8 +228,9 @@ def memory(variants: str = "mask_3d,uncond_3d", gpu_gib: str = "24,40,80,141", o
     _report(out, "memory", rows, lines, method=method)
 
 
-def _peak_rss_gib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+def _status_gib(field: str) -> float:
+    """A memory field of /proc/self/status (VmRSS: resident now, VmHWM: its peak), in GiB."""
+    return int(re.search(rf"{field}:\s+(\d+)", Path("/proc/self/status").read_text()).group(1)) / 2**20
 
 
 def _cpu_measure(variant: str, side: int, batch: int, mode: str, repeats: int) -> dict:
@@ -236,7 +238,8 @@ def _cpu_measure(variant: str, side: int, batch: int, mode: str, repeats: int) -
     training step (``mode="train"``: fp32 AdamW + EMA copy, the first of ``repeats + 1`` steps not timed) or of one
     10-step Euler sampling of the batch (``mode="sample"``, the fastest of ``repeats``)."""
     torch.manual_seed(0)
-    base = _peak_rss_gib()
+    Path("/proc/self/clear_refs").write_text("5")  # the peak so far (imports) forgotten: VmHWM = VmRSS from here
+    base = _status_gib("VmRSS")
     network = _network(variant, False, "cpu")
     x, t, cond = _inputs(network, batch, side, "cpu")
     seconds = []
@@ -259,7 +262,7 @@ def _cpu_measure(variant: str, side: int, batch: int, mode: str, repeats: int) -
             with torch.inference_mode():
                 sampler(network, torch.randn_like(x), cond)
             seconds.append(time.perf_counter() - start)
-    return {"peak_gib": round(_peak_rss_gib() - base, 3), "seconds": round(min(seconds), 3)}
+    return {"peak_gib": round(_status_gib("VmHWM") - base, 3), "seconds": round(min(seconds), 3)}
 
 
 def _sides(value: str | int | Sequence[int]) -> list[int]:
