@@ -52,7 +52,7 @@ import fire  # noqa: E402
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from records import ROOT, machine, workflow  # noqa: E402
+from records import ROOT, cli_list, machine, workflow  # noqa: E402
 from tables import gpu_check_table  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
@@ -572,7 +572,7 @@ def main(
     """
     if worker:
         return ddp_worker(worker, smoke)
-    chosen = [s for s in SECTIONS if s in (sections.split(",") if isinstance(sections, str) else sections)]
+    chosen = [s for s in SECTIONS if s in cli_list(sections)]
     sizes = Sizes.smoke() if smoke else Sizes()
     device = torch.device("cuda" if torch.cuda.is_available() and not smoke else "cpu")
     record = {

@@ -35,6 +35,12 @@ def machine() -> str:
     )
 
 
+def cli_list(value) -> list[str]:
+    """The items of a command-line list: "a,b", one value, or the tuple that fire makes of "1,2"."""
+    items = value if isinstance(value, (tuple, list)) else str(value).split(",")
+    return [str(v).strip() for v in items if str(v).strip()]
+
+
 def run_info(benchmark: str) -> dict:
     """The head of a benchmark's record: its name, the command that ran it, and the machine."""
     return {

@@ -55,7 +55,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from ignite.engine import Events
-from records import ROOT, machine, save, workflow
+from records import ROOT, cli_list, machine, save, workflow
 
 from scripts.batches import conditions
 from scripts.data import input_transforms, load_batch, load_cases, percentile_range
@@ -369,11 +369,6 @@ class Reference:
         return [(b[0] - a[0], b[1] - a[1]) for a, b in zip(stamps, stamps[1:])], {}
 
 
-def names(value: str | tuple | list) -> list[str]:
-    """Option names from "a,b" (or the tuple that fire makes of it)."""
-    return [str(v) for v in (value.split(",") if isinstance(value, str) else value) if v]
-
-
 def reference_commit(path: str) -> str | None:
     """The reference folder's git commit, when it is a clone."""
     try:
@@ -430,8 +425,8 @@ def main(
     """
     start = time.perf_counter()
     torch.set_num_threads(threads)
-    ours_options = names(options)
-    ref_options = names(reference_options) if reference else []
+    ours_options = cli_list(options)
+    ref_options = cli_list(reference_options) if reference else []
     for o in ours_options:
         if o not in OPTIONS:
             raise ValueError(f"unknown option {o!r} (known: {list(OPTIONS)})")

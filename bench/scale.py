@@ -41,7 +41,7 @@ from pathlib import Path
 import fire
 import torch
 from monai.bundle import ConfigParser, ConfigWorkflow
-from records import ROOT, machine, run_info, save
+from records import ROOT, cli_list, machine, run_info, save
 
 from scripts.checkpoint import save_model
 from scripts.sampler import FlowSampler
@@ -50,6 +50,7 @@ CONFIGS = ROOT / "bundle" / "configs"
 DATA = ROOT / "bundle" / "data"
 
 SIDES = range(32, 513, 16)
+CUDA_CONTEXT_GIB = 0.5  # what a CUDA process holds before its first tensor, counted into every GPU peak
 
 
 def _datalist(variant: str, folder: Path, copies: int) -> str:
@@ -72,7 +73,7 @@ def _workflow(configs: list[str], **overrides) -> ConfigWorkflow:
 def throughput(variants: str = "mask_class_2d,mask_3d", iterations: int = 4, out: str = "results/scale") -> None:
     """Training and generation images per second of one process, per variant (default image size and batch)."""
     rows = []
-    for variant in variants.split(","):
+    for variant in cli_list(variants):
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
             common = {"dataset_dir": str(DATA), "datalist": _datalist(variant, folder, copies=8)}
@@ -166,7 +167,7 @@ def estimated_gib(variant: str, side: int, batch: int, checkpointing: bool) -> f
     if checkpointing:
         saved, _ = _saved(_network(variant, True, "meta"), batch, side)
     states = 20 * sum(p.numel() for p in plain.parameters())
-    return (1.15 * (states + saved + block) + 0.5 * 2**30) / 2**30
+    return 1.15 * (states + saved + block) / 2**30 + CUDA_CONTEXT_GIB
 
 
 def measured_gib(variant: str, side: int, batch: int, checkpointing: bool) -> float | None:
@@ -189,21 +190,21 @@ def measured_gib(variant: str, side: int, batch: int, checkpointing: bool) -> fl
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
             torch._foreach_lerp_(ema, [p.detach() for p in network.parameters()], 0.001)
-        return torch.cuda.max_memory_reserved() / 2**30 + 0.5
+        return torch.cuda.max_memory_reserved() / 2**30 + CUDA_CONTEXT_GIB
     except torch.cuda.OutOfMemoryError:
         return None
 
 
 def memory(variants: str = "mask_3d,uncond_3d", gpu_gib: str = "24,40,80,141", out: str = "results/scale") -> None:
     """The largest cube side per GPU memory size, batch and checkpointing (measured on CUDA, else estimated)."""
-    sizes = [float(s) for s in str(gpu_gib).split(",")]
+    sizes = [float(s) for s in cli_list(gpu_gib)]
     cuda = torch.cuda.is_available()
     if cuda:  # only the sizes this GPU can stand for
         total = torch.cuda.get_device_properties(0).total_memory / 2**30
         sizes = [s for s in sizes if s <= total] or [total]
     peak_gib = measured_gib if cuda else estimated_gib
     rows = []
-    for variant in variants.split(","):
+    for variant in cli_list(variants):
         for checkpointing in (False, True):
             for batch in (1, 2, 4):
                 peaks = {}  # cube side -> GiB, up to the first side that needs more than the largest size
@@ -265,13 +266,6 @@ def _cpu_measure(variant: str, side: int, batch: int, mode: str, repeats: int) -
     return {"peak_gib": round(_status_gib("VmHWM") - base, 3), "seconds": round(min(seconds), 3)}
 
 
-def _sides(value: str | int | Sequence[int]) -> list[int]:
-    """Cube sides from the command line: "32,48", 32 or (32, 48) (as fire parses "32,48")."""
-    if isinstance(value, str):
-        return [int(s) for s in value.split(",") if s.strip()]
-    return [int(s) for s in value] if isinstance(value, (list, tuple)) else [int(value)]
-
-
 def cpu(
     variant: str = "mask_3d",
     sides: str | Sequence[int] = "32,48,64",
@@ -285,9 +279,9 @@ def cpu(
     start = time.perf_counter()
     context = get_context("spawn")  # a fresh process per measurement: its peak memory is that measurement's
     rows = []
-    measured = _sides(sides)
-    for side in measured + _sides(estimate_sides):
-        row = {"side": side, "estimated_gib": round(estimated_gib(variant, side, batch, False) - 0.5, 3)}
+    measured = [int(s) for s in cli_list(sides)]
+    for side in measured + [int(s) for s in cli_list(estimate_sides)]:
+        row = {"side": side, "estimated_gib": round(estimated_gib(variant, side, batch, False) - CUDA_CONTEXT_GIB, 3)}
         if side in measured:
             for mode in ("train", "sample"):
                 with ProcessPoolExecutor(1, mp_context=context) as pool:
