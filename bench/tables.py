@@ -156,20 +156,34 @@ CLAIM_METRICS = {
 }
 
 
-def _claim(rows: list[dict], nfe: int, solver: str, steps: int, time_ratio: float | None) -> str:
-    """One goal of the claim, metric by metric: is flow (Euler, ``nfe``) at least as good as DDPM (``solver``,
-    ``steps``), and, with ``time_ratio``, at most that fraction of its seconds per sample?"""
-    flow = next((r for r in rows if (r["method"], r["solver"], r["nfe"]) == ("flow", "euler", nfe)), None)
+def _flow_euler(rows: list[dict], nfe: int) -> dict | None:
+    """The row of flow with Euler at ``nfe`` NFE, if the record has it."""
+    return next((r for r in rows if (r["method"], r["solver"], r["nfe"]) == ("flow", "euler", nfe)), None)
+
+
+def _claim(
+    rows: list[dict],
+    nfe: int,
+    solver: str,
+    steps: int,
+    time_ratio: float | None,
+    metrics: dict[str, bool] = CLAIM_METRICS,
+    seconds: str = "seconds_per_sample",
+) -> str:
+    """One goal of the claim, metric by metric (``metrics``: True where higher is better): is flow (Euler, ``nfe``)
+    at least as good as DDPM (``solver``, ``steps``), and, with ``time_ratio``, at most that fraction of its
+    ``seconds``?"""
+    flow = _flow_euler(rows, nfe)
     ddpm = next((r for r in rows if (r["method"], r["solver"], r["num_steps"]) == ("ddpm", solver, steps)), None)
     if flow is None or ddpm is None:
         return f"Flow at {nfe} NFE against DDPM {solver} {steps}: not in this record."
     verdicts = []
-    for key, higher in CLAIM_METRICS.items():
+    for key, higher in metrics.items():
         a, b = flow.get(key), ddpm.get(key)
         if a is not None and b is not None:
             met = a >= b if higher else a <= b
             verdicts.append(f"{key} {a:.3g} vs {b:.3g} ({'met' if met else 'NOT MET'})")
-    ratio = flow["seconds_per_sample"] / ddpm["seconds_per_sample"]
+    ratio = flow[seconds] / ddpm[seconds]
     timing = f"time {ratio:.3f} of DDPM's" + (
         f" ({'met' if ratio <= time_ratio else 'NOT MET'}: at most {time_ratio:.2g})" if time_ratio else ""
     )
@@ -197,9 +211,28 @@ def sampling_table(record: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+# the 3D goals: flow at 10 Euler NFE against DDPM ancestral 1000 on these metrics; its inter-plane ratio at most
+# INTERPLANE_GOAL times the real volumes'
+VOLUMETRIC_METRICS = {"fd_patches": False, "mask_dice": True}
+INTERPLANE_GOAL = 1.3
+
+
+def _interplane_goal(rows: list[dict], nfe: int = 10) -> str:
+    """The 3D consistency goal: flow's (Euler, ``nfe``) inter-plane ratio over the real volumes'."""
+    flow = _flow_euler(rows, nfe)
+    if flow is None or flow.get("interplane_ratio") is None:
+        return f"Inter-plane ratio of flow at {nfe} NFE: not in this record."
+    ratio = flow["interplane_ratio"] / flow["interplane_ratio_real"]
+    met = "met" if ratio <= INTERPLANE_GOAL else "NOT MET"
+    return (
+        f"Inter-plane ratio of flow (Euler, {nfe} NFE): {ratio:.2f}x the real volumes' "
+        f"({met}: at most {INTERPLANE_GOAL}x)."
+    )
+
+
 def volumetric_table(record: dict) -> str:
     """The 3D comparison (see bench/volumetric.py): flow at each NFE against DDPM ancestral and DDIM on the test
-    subjects; each value the mean over seeds with the seeds' range in brackets."""
+    subjects, each value the mean over seeds with the seeds' range in brackets; then the 3D goals, met or not."""
     lines = [
         "| method | solver | NFE | patch FD | mask Dice (real volumes) | MS-SSIM diversity (real volumes) "
         "| conditional MS-SSIM | inter-plane ratio (real volumes) | s / volume |",
@@ -215,6 +248,8 @@ def volumetric_table(record: dict) -> str:
             f"| {_value(r, 'interplane_ratio', 2)} ({_value(r, 'interplane_ratio_real', 2)}) "
             f"| {_value(r, 'seconds_per_volume', 2)} |"
         )
+    lines += ["", _claim(record["rows"], 10, "ddpm", 1000, None, VOLUMETRIC_METRICS, "seconds_per_volume")]
+    lines += ["", _interplane_goal(record["rows"])]
     s, models = record["settings"], record["models"]
     size = "x".join(str(n) for n in s["image_size"])
     trained = "; ".join(

@@ -48,3 +48,29 @@ def test_the_claims_verdicts_follow_each_metrics_direction():
     assert "mask_dice 0.8 vs 0.85 (NOT MET)" in text  # higher is better
     assert "time 0.025 of DDPM's (NOT MET: at most 0.02)" in text
     assert "not in this record" in _claim(rows, 2, "ddim", 50, None)
+
+
+def test_the_3d_goals_read_patch_distance_dice_and_the_interplane_ratio():
+    from tables import _claim, _interplane_goal
+
+    def row(method, solver, steps, fd, dice, interplane):
+        return {
+            "method": method,
+            "solver": solver,
+            "num_steps": steps,
+            "nfe": steps,
+            "fd_patches": fd,
+            "mask_dice": dice,
+            "interplane_ratio": interplane,
+            "interplane_ratio_real": 1.0,
+            "seconds_per_volume": steps / 10,
+        }
+
+    rows = [row("flow", "euler", 10, 2.0, 0.80, 1.2), row("ddpm", "ddpm", 1000, 2.5, 0.78, 1.5)]
+    text = _claim(rows, 10, "ddpm", 1000, None, {"fd_patches": False, "mask_dice": True}, "seconds_per_volume")
+    assert "fd_patches 2 vs 2.5 (met)" in text and "mask_dice 0.8 vs 0.78 (met)" in text
+    assert "time 0.010 of DDPM's." in text  # no time goal in 3D: the ratio alone
+    assert "1.20x the real volumes' (met: at most 1.3x)" in _interplane_goal(rows)
+    rows[0]["interplane_ratio"] = 1.4
+    assert "1.40x the real volumes' (NOT MET" in _interplane_goal(rows)
+    assert "not in this record" in _interplane_goal(rows, nfe=2)
