@@ -21,7 +21,9 @@ then:
 - ``interplane_ratio`` beside ``interplane_ratio_real`` (second differences along the feet-head axis over in-plane:
   see ``scripts.metrics.interplane_ratio``), and seconds per volume (the whole test split in one network batch).
 
-Writes ``volumetric.json`` (one record) and ``volumetric.md`` (its table) into ``out_dir``. Each seed's set and
+Writes ``volumetric.json`` (one record), ``volumetric.md`` (its table) and ``volumetric.png`` (the first test
+volume's mask, the real volume and each setting's first seed, as central axial, coronal and sagittal planes: the
+reformats show whether planes agree) into ``out_dir``. Each seed's set and
 metrics, and each row, are kept in ``work_dir`` with the settings and the checkpoint and segmenter digests they
 depend on: rerun the same command after an interruption and it goes on from the first seed not yet generated.
 The image size is the flow model's (its card); the DDPM baseline and the segmenter must share it.
@@ -44,7 +46,7 @@ from records import CONFIGS, ROOT, generate_and_evaluate, one_batch, publish, re
 from sampling import settings as sampler_settings
 from tables import volumetric_table
 
-from scripts import downstream, metrics
+from scripts import downstream, metrics, visualize
 from scripts.checkpoint import read_checkpoint
 from scripts.data import load_cases, load_images, to_model_range
 from scripts.evaluation import intensity_mismatch
@@ -162,7 +164,7 @@ def main(
 
     models = {"flow": flow_ckpt, "ddpm": ddpm_ckpt}
     digests = {name: file_sha256(path) for name, path in {**models, "segmenter": segmenter_path}.items()}
-    seeds, work, rows = [int(s) for s in seeds], Path(work_dir).resolve(), []
+    seeds, work, rows, runs = [int(s) for s in seeds], Path(work_dir).resolve(), [], {}
     for setting in settings(nfe, ddim_steps, ddpm_steps):
         name = f"{setting['method']}-{setting['solver']}-{setting['nfe']}"
         key = {
@@ -172,6 +174,7 @@ def main(
             "overrides": sample_overrides,
         }
         ckpt, run = models[setting["method"]], work / name
+        runs[name] = run / f"seed_{seeds[0]}"
         row_key = {**key, "seeds": seeds}
         rows.append(resumable(run, row_key, measure, setting, ckpt, run, seeds, key, reference, sample_overrides))
         print(f"{name}: {rows[-1]['seconds_per_volume']} s per volume")
@@ -191,17 +194,32 @@ def main(
         "rows": rows,
     }
     publish(record, out_dir, volumetric_table)
+    save_planes(str(Path(out_dir) / "volumetric.png"), reference, runs)
     return record
+
+
+def save_planes(path: str, reference: dict, runs: dict[str, Path]) -> str:
+    """The first test case's mask, real volume and generated volume of each setting (``runs``: name -> a seed's
+    folder), each as its central axial, coronal and sagittal planes, on one grey window."""
+    rows = [("mask", reference["first_mask"]), ("real", reference["first_image"])]
+    for name, folder in runs.items():
+        case = load_cases(str(folder / "datalist.json"), "training")[:1]
+        rows.append((name, to_model_range(load_images(case, reference["transforms"]), reference["scale"])[0]))
+    planes = [(name, visualize.orthogonal_planes(volume)) for name, volume in rows]
+    return visualize.save_grid(path, planes, titles=["axial", "coronal", "sagittal"], value_range=(-1.0, 1.0))
 
 
 def real_reference(flow_ckpt: str, segmenter_path: str, overrides: dict) -> dict:
     """The real side of the patch distance: the segmenter, the transforms and normalisation the evaluation uses,
-    the validation volumes' patch features and the floor ``fd_patches_real`` (real test against validation)."""
+    the validation volumes' patch features and the floor ``fd_patches_real`` (real test against validation), and
+    the first test volume and its mask (C, *spatial) for the picture."""
     real = {}
     for split in ("test", "validation"):
         parser = workflow(["inference.json", "evaluate.json"], ckpt_path=flow_ckpt, split=split, **overrides).parser
-        transforms = parser.get_parsed_content("evaluation#transforms")
-        real[split] = load_images(parser.get_parsed_content("real_cases"), transforms)
+        transforms, cases = parser.get_parsed_content("evaluation#transforms"), parser.get_parsed_content("real_cases")
+        real[split] = load_images(cases, transforms)
+        if split == "test":
+            first_mask = load_images(cases[:1], transforms, key="label")[0]
     intensity_range = parser.get_parsed_content("intensity_range")
     scale = None if intensity_mismatch(torch.cat(list(real.values())), intensity_range) else intensity_range
     size, labels, device = (parser.get_parsed_content(k) for k in ("image_size", "num_labels", "device"))
@@ -209,6 +227,8 @@ def real_reference(flow_ckpt: str, segmenter_path: str, overrides: dict) -> dict
     features = {split: patch_features(segmenter, to_model_range(x, scale)) for split, x in real.items()}
     return {
         "segmenter": segmenter,
+        "first_image": to_model_range(real["test"][:1], scale)[0],
+        "first_mask": first_mask,
         "transforms": transforms,
         "scale": scale,
         "validation": features["validation"],

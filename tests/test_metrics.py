@@ -150,3 +150,13 @@ def test_grids_window_each_image_by_its_own_percentiles(tmp_path):
         grey = png[..., 0]
         mid_grey = ((grey > 0.3) & (grey < 0.7)).mean()
         assert (mid_grey > 0.1) if window is None else (mid_grey < 0.01)  # (a few pixels of the title's edges)
+
+
+def test_orthogonal_planes_are_the_central_planes_of_each_axis():
+    from scripts.visualize import orthogonal_planes
+
+    volume = torch.arange(2 * 4 * 6 * 8, dtype=torch.float32).view(2, 4, 6, 8)  # (C, X, Y, Z)
+    axial, coronal, sagittal = orthogonal_planes(volume)
+    assert (axial.shape, coronal.shape, sagittal.shape) == ((2, 4, 6), (2, 4, 8), (2, 6, 8))
+    assert torch.equal(axial, volume[:, :, :, 4]) and torch.equal(coronal, volume[:, :, 3, :])
+    assert torch.equal(sagittal, volume[:, 2, :, :])

@@ -129,6 +129,7 @@ def test_volumetric_benchmark(data_dir, datalist_3d, flow_3d, ddpm_3d, segmenter
     table = (tmp_path / "volumetric.md").read_text()
     assert table.count("\n| flow | euler |") == 2 and "| ddpm | ddpm | 3 |" in table and "(the floor)" in table
     assert "Flow at 10 NFE against DDPM ddpm 1000: not in this record" in table  # the goals name what is missing
+    assert (tmp_path / "volumetric.png").stat().st_size > 1000
 
     # a rerun reads every row back; a row whose result is lost is rebuilt from its seeds' saved sets
     (tmp_path / "runs/flow-euler-1/result.json").unlink()

@@ -1,4 +1,5 @@
-"""Pictures: PNG grids of masks, samples and real images (the central axial slice of 3D volumes)."""
+"""Pictures: PNG grids of masks, samples and real images (the central axial slice of 3D volumes, or its three
+central planes), curves and densities."""
 
 from __future__ import annotations
 
@@ -18,6 +19,13 @@ def _view(x: torch.Tensor | np.ndarray) -> np.ndarray:
     if a.ndim == 3:
         a = a[..., a.shape[-1] // 2]
     return np.rot90(a)  # RAS (x right, y anterior) -> anterior up
+
+
+def orthogonal_planes(volume: torch.Tensor) -> list[torch.Tensor]:
+    """A volume (C, X, Y, Z), RAS -> its central axial (C, X, Y), coronal (C, X, Z) and sagittal (C, Y, Z) planes,
+    each drawn by ``save_grid`` with anterior, or superior, up."""
+    x, y, z = (n // 2 for n in volume.shape[1:])
+    return [volume[..., z], volume[:, :, y], volume[:, x]]
 
 
 def save_grid(
