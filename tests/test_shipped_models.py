@@ -147,6 +147,10 @@ def test_the_shipped_3d_model_follows_unseen_masks_in_consistent_volumes(shipped
     real ones, and their feet-head second differences stay within 1.3x of the real volumes' (issue 13's goal)."""
     m = shipped_3d_metrics
     assert m["num_generated"] == 2 and m["nfe"] == 10
+    record = json.loads((RECORDS / "volumetric.json").read_text())
+    recorded = next(r for r in record["rows"] if (r["method"], r["solver"], r["nfe"]) == ("flow", "euler", 10))
+    assert abs(m["mask_dice"] - recorded["mask_dice"]) < TOLERANCE, (m["mask_dice"], recorded["mask_dice"])
+    assert m["model"]["iterations"] == record["models"]["flow"]["iterations"]  # the recorded model is the shipped one
     assert m["mask_dice"] > 0.85 * m["mask_dice_real"], (m["mask_dice"], m["mask_dice_real"])
     assert m["interplane_ratio"] < 1.3 * m["interplane_ratio_real"], (m["interplane_ratio"], m["interplane_ratio_real"])
 
