@@ -31,7 +31,6 @@ from testbed.studies import study_header, write_mr_series, write_seg
 
 pytestmark = pytest.mark.container
 
-
 PACKAGE = APP / "package.sh"
 CANNOT_RUN = 77  # package.sh: Docker cannot run here
 LOADER = "/lib64/ld-linux-x86-64.so.2"  # the dynamic loader, run directly to keep it from /etc/ld.so.cache
