@@ -3,6 +3,7 @@ of a node; the PACS and the node themselves are in testbed.pacs."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from pydicom.filereader import read_file_meta_info
@@ -36,9 +37,19 @@ def associate(port: int, called: str, calling: str = TESTER_AET, contexts=None, 
     return ae.associate("127.0.0.1", port, ae_title=called, tls_args=tls)
 
 
+def associate_when_free(port: int, called: str, calling: str = TESTER_AET, contexts=None, tls=None, seconds=10.0):
+    """``associate``, tried again for up to ``seconds`` while the association is rejected: a node at its
+    ``max_associations`` rejects until the thread of an association just released has ended, as a DICOM client
+    that retries would see."""
+    deadline = time.monotonic() + seconds
+    while (assoc := associate(port, called, calling, contexts, tls)).is_rejected and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return assoc
+
+
 def echo(port: int, called: str, calling: str = TESTER_AET, tls=None) -> bool:
     """Whether an association is accepted and answers a C-ECHO (the association is then released)."""
-    assoc = associate(port, called, calling, tls=tls)
+    assoc = associate_when_free(port, called, calling, tls=tls)
     if not assoc.is_established:
         return False
     try:
@@ -53,7 +64,7 @@ def store(port: int, called: str, files: list[Path], calling: str = TESTER_AET) 
     for meta in map(read_file_meta_info, files):
         syntaxes = contexts.setdefault(meta.MediaStorageSOPClassUID, [])
         syntaxes += [meta.TransferSyntaxUID] if meta.TransferSyntaxUID not in syntaxes else []
-    assoc = associate(port, called, calling, contexts)
+    assoc = associate_when_free(port, called, calling, contexts)
     assert assoc.is_established, f"association {calling} -> {called} failed"
     try:
         return [assoc.send_c_store(f).get("Status") for f in files]

@@ -26,7 +26,7 @@ import pydicom
 import pytest
 
 from testbed import ROOT
-from testbed.app import APP
+from testbed.app import APP, run_app
 from testbed.studies import study_header, write_mr_series, write_seg
 
 pytestmark = pytest.mark.container
@@ -133,9 +133,7 @@ def studies(tmp_path_factory, volumes, image, docker_env) -> SimpleNamespace:
     write_seg(base / "in" / "seg_study" / "seg.dcm", source, volumes[1])
     plain = write_mr_series(base / "in" / "image_study", volumes[0], study_header("Doe^John", invalid=False), 4)
     container = run_image(docker_env, image, base / "in", base / "container")
-    command = [sys.executable, str(APP), "-i", str(base / "in"), "-o", str(base / "host"), "-m", str(ROOT / "bundle")]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    host = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, check=False)
+    host = run_app(["-i", str(base / "in"), "-o", str(base / "host"), "-m", str(ROOT / "bundle")])
     return SimpleNamespace(base=base, container=container, host=host, seg_study=source[0].StudyInstanceUID, plain=plain)
 
 

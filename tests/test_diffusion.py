@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from scripts.diffusion import DDPM_SCHEDULE, DDPMPath, DiffusionSampler
-from scripts.sampler import FlowSampler
+from scripts.sampler import STEP_PROGRESS_FROM, FlowSampler
 
 
 class Oracle(nn.Module):
@@ -77,6 +77,17 @@ def test_nfe_counts_both_calls_of_guidance():
     assert DiffusionSampler("ddim", 5, guidance_scale=1.0)(oracle, torch.randn(2, 1, 8, 8), cond)[1] == 5
     assert FlowSampler("midpoint", 3, guidance_scale=1.5)(oracle, torch.randn(2, 1, 8, 8), cond)[1] == 12
     assert FlowSampler("midpoint", 3, guidance_scale=1.5)(oracle, torch.randn(2, 1, 8, 8), {})[1] == 6  # no class
+
+
+def test_long_samplers_show_progress_by_step(capsys):
+    """Ancestral DDPM's 1000 steps take minutes a batch on a CPU: a bar counts its steps; a few-step sampler's
+    stays quiet."""
+    oracle = Oracle(torch.zeros(1, 1, 8, 8), "epsilon")
+    DiffusionSampler("ddpm", STEP_PROGRESS_FROM)(oracle, torch.randn(1, 1, 8, 8), {})
+    assert f"ddpm steps:   0%|          | 0/{STEP_PROGRESS_FROM}" in capsys.readouterr().err
+    DiffusionSampler("ddim", STEP_PROGRESS_FROM - 1)(oracle, torch.randn(1, 1, 8, 8), {})
+    FlowSampler("euler", 10)(oracle, torch.randn(1, 1, 8, 8), {})
+    assert capsys.readouterr().err == ""
 
 
 @pytest.mark.parametrize(

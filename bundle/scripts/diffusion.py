@@ -13,7 +13,7 @@ import torch
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 from torch import nn
 
-from .sampler import Sampler, evaluations, predict
+from .sampler import Sampler, evaluations, predict, step_progress
 
 # named noise schedules (MONAI DDPMScheduler arguments)
 NOISE_SCHEDULES = {
@@ -120,7 +120,7 @@ class DiffusionSampler(Sampler):
         if self.solver == "ddim":
             self.scheduler.timesteps = ddim_timesteps(self.scheduler.num_train_timesteps, self.num_steps).to(x.device)
         nfe = 0
-        for t in self.scheduler.timesteps:
+        for t in step_progress(self.scheduler.timesteps, f"{self.solver} steps"):
             timesteps = torch.full((x.shape[0],), int(t), device=x.device, dtype=torch.long)
             eps = predict(network, x, timesteps, cond, self.guidance_scale)
             nfe += evaluations(cond, self.guidance_scale)

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Mapping, Sequence
+from functools import partial
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from .batches import conditions
+from .distributed import rank
 from .flow import TIME_SCALE
 from .solvers import ADAPTIVE, SOLVERS, integrate
 
@@ -29,6 +32,16 @@ def case_noise(indices: Sequence[int], shape: Sequence[int], seed: int, device=N
         g = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(i))
         out.append(torch.randn(tuple(shape), generator=g))
     return torch.stack(out).to(device)
+
+
+STEP_PROGRESS_FROM = 100
+
+
+def step_progress(steps: Sequence, desc: str) -> Sequence:
+    """``steps`` under a tqdm bar when there are ``STEP_PROGRESS_FROM`` or more (ancestral DDPM's 1000 steps take
+    minutes a batch on a CPU, where a bar per batch would stand still); fewer steps, and ranks other than 0, go
+    quietly."""
+    return tqdm(steps, desc=desc, unit="step", leave=False, disable=len(steps) < STEP_PROGRESS_FROM or rank() > 0)
 
 
 NOISE = ("per_case", "per_subject")
@@ -145,7 +158,8 @@ class FlowSampler(Sampler):
             timesteps = torch.full((x_.shape[0],), t * TIME_SCALE, device=x_.device)
             return predict(network, x_, timesteps, cond, self.guidance_scale)
 
-        x, calls = integrate(velocity, x, t_start, 1.0, self.solver, self.num_steps, **self.tolerances)
+        steps = partial(step_progress, desc=f"{self.solver} steps")
+        x, calls = integrate(velocity, x, t_start, 1.0, self.solver, self.num_steps, progress=steps, **self.tolerances)
         return x, calls * evaluations(cond, self.guidance_scale)
 
     def denoise(
