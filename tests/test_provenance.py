@@ -55,6 +55,32 @@ def test_a_checkpoint_of_other_data_is_not_resumed(data_dir, small_datalist, tmp
     assert "trained on other data" in error_text(excinfo)
 
 
+def test_training_continues_from_a_model_file(data_dir, small_datalist, tmp_path):
+    """continue_ckpt: a shipped model file (no optimizer state) trained on, here on other files of the same number
+    with learning rate 0: the weights, counts and curve carry on, and the card records the fresh optimizer and the
+    data it left. Epochs of another length are refused."""
+    first_dir, next_dir = tmp_path / "first", tmp_path / "next"
+    train("mask_class_2d", data_dir, str(small_datalist), first_dir, epochs=2, validation_interval=1)
+    datalist = json.loads(small_datalist.read_text())
+    model = str(first_dir / "model.pt")
+    fewer = data_dir / "datalist_fewer.json"
+    fewer.write_text(json.dumps({**datalist, "training": datalist["training"][:-4]}))
+    with pytest.raises(USER_ERRORS) as excinfo:
+        train("mask_class_2d", data_dir, str(fewer), tmp_path / "fewer", 3, continue_ckpt=model)
+    assert "use init_ckpt" in error_text(excinfo)
+    other = data_dir / "datalist_swapped.json"
+    other.write_text(json.dumps({**datalist, "training": datalist["training"][:-1] + datalist["validation"][:1]}))
+    train("mask_class_2d", data_dir, str(other), next_dir, 3, continue_ckpt=model, lr=0.0, validation_interval=1)
+    before, after = (torch.load(d / "model.pt", weights_only=True) for d in (first_dir, next_dir))
+    assert all(torch.equal(before["model"][k], after["model"][k]) for k in before["model"])  # lr 0: the same weights
+    first, card = before["card"]["provenance"], after["card"]["provenance"]
+    assert card["epochs"] == 3 and card["iterations"] == first["iterations"] + card["iterations_per_epoch"]
+    assert card["validation_loss"][:2] == first["validation_loss"] and len(card["validation_loss"]) == 3
+    assert [r["iteration"] for r in card["optimizer_restarted"]] == [first["iterations"]]
+    assert card["data_history"] == [{"until_iteration": first["iterations"], **first["data"]}]
+    assert card["data"]["files_sha256"] != first["data"]["files_sha256"]
+
+
 def test_the_data_fingerprint_follows_the_files_not_their_folder(data_dir, small_datalist, tmp_path):
     cases = load_cases(str(small_datalist), "training", str(data_dir), True, 3)[:2]
     copies = []

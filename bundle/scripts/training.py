@@ -137,12 +137,18 @@ def lr_scheduler(optimizer: torch.optim.Optimizer, schedule: str = "constant", w
 class TrainingCheckpoint:
     """Resumable training in one file, plus the model file; both written atomically.
 
-    At start (every rank) it resumes from ``checkpoint_path`` if that exists; otherwise, given ``init_path`` (a
-    model file whose card fits), the network and its moving average start from that model's weights (its moving
-    average where it has one): fine-tuning, reflow. Every ``interval`` epochs and at the end, rank 0 writes the
-    network, EMA, optimizer, LR scheduler, the trainer's grad scaler (mixed precision), trainer state and card to
-    ``checkpoint_path`` and the weights with the card to ``model_path``. A state that the checkpoint lacks (e.g. a
-    schedule added since it was written) starts afresh, with a warning.
+    At start (every rank) it resumes from ``checkpoint_path`` if that exists. Otherwise, given ``continue_path`` (a
+    model file whose card fits), training goes on from that model: its weights, moving average, iterations, epochs
+    and card provenance carry on, while the optimizer and learning-rate schedule start afresh (a model file holds no
+    optimizer state; the card records the iteration under ``optimizer_restarted``), and training files whose bytes
+    differ from the card's (e.g. the default data rebuilt on another machine) are recorded under ``data_history``.
+    Otherwise, given ``init_path`` (a model file whose card fits), the network and its moving average start from
+    that model's weights (its moving average where it has one) with counts from zero: fine-tuning, reflow.
+
+    Every ``interval`` epochs and at the end, rank 0 writes the network, EMA, optimizer, LR scheduler, the trainer's
+    grad scaler (mixed precision), trainer state and card to ``checkpoint_path`` and the weights with the card to
+    ``model_path``. A state that the checkpoint lacks (e.g. a schedule added since it was written) starts afresh,
+    with a warning.
 
     The card's provenance holds ``provenance`` (data and code fingerprints, settings; see ``provenance.py``) and
     the run's iterations, epochs and training seconds, summed over resumed runs. A checkpoint made on other
@@ -161,9 +167,10 @@ class TrainingCheckpoint:
         interval: int = 1,
         init_path: str | None = None,
         provenance: dict | None = None,
+        continue_path: str | None = None,
     ) -> None:
         self.checkpoint_path, self.model_path, self.interval = checkpoint_path, model_path, interval
-        self.init_path, self.provenance = init_path, dict(provenance or {})
+        self.init_path, self.continue_path, self.provenance = init_path, continue_path, dict(provenance or {})
         self.network, self.ema, self.card = unwrap(network), ema, card
         self.objects = {"network": self.network, "optimizer": optimizer}
         if ema is not None:
@@ -182,25 +189,26 @@ class TrainingCheckpoint:
 
     def resume(self, engine: Engine) -> None:
         self.started = time.perf_counter()
-        if not os.path.isfile(self.checkpoint_path):
+        if os.path.isfile(self.checkpoint_path):
+            source, state = self.checkpoint_path, read_checkpoint(self.checkpoint_path)
+        elif self.continue_path:
+            source, state = self.continue_path, self._model_file_state(engine)
+        else:
             self._start_provenance(engine)
             if self.init_path:
                 self.initialise()
             return
-        state = read_checkpoint(self.checkpoint_path)
         self.card.load_state_dict(state["card"])
-        self._resume_provenance(state["trainer"]["iteration"])
+        self._resume_provenance(state["trainer"]["iteration"], other_data=source == self.continue_path)
         for name, obj in self._objects(engine).items():
             if name in state:
                 obj.load_state_dict(state[name])
             else:
-                logger.warning(f"{self.checkpoint_path} has no {name} state: it starts afresh")
+                logger.warning(f"{source} has no {name} state: it starts afresh")
         max_epochs = engine.state.max_epochs
         engine.load_state_dict({**state["trainer"], "max_epochs": max(max_epochs, state["trainer"]["max_epochs"])})
         engine.state.max_epochs = max_epochs
-        logger.info(
-            f"resumed from {self.checkpoint_path} at epoch {engine.state.epoch}, iteration {engine.state.iteration}"
-        )
+        logger.info(f"resumed from {source} at epoch {engine.state.epoch}, iteration {engine.state.iteration}")
         if engine.state.epoch >= max_epochs:
             logger.info(f"already trained for {engine.state.epoch} >= max_epochs={max_epochs} epochs")
             engine.terminate()
@@ -219,7 +227,39 @@ class TrainingCheckpoint:
             "validation_loss": [],
         }
 
-    def _resume_provenance(self, iteration: int) -> None:
+    def _model_file_state(self, engine: Engine) -> dict:
+        """The model file ``continue_path`` as a checkpoint's state: weights, moving average, card and trainer counts;
+        no optimizer or learning-rate schedule state."""
+        ckpt = read_checkpoint(self.continue_path)
+        provenance = ckpt.get("card", {}).get("provenance") or {}
+        if "model" not in ckpt or "iterations" not in provenance:
+            raise ValueError(
+                f"{self.continue_path} is not a model file that records its training iterations: "
+                "use init_ckpt to fine-tune from its weights"
+            )
+        iteration, epochs = provenance["iterations"], provenance["epochs"]
+        if iteration != epochs * engine.state.epoch_length:
+            raise ValueError(
+                f"{self.continue_path} was trained {epochs} epochs of {iteration / max(epochs, 1):g} iterations, "
+                f"this run's epochs have {engine.state.epoch_length}: continue_ckpt goes on with epochs of the same "
+                "length (the same number of training cases and batch size); use init_ckpt to fine-tune from it"
+            )
+        provenance.setdefault("optimizer_restarted", []).append(
+            {"iteration": iteration, "why": f"continued from the model file {self.continue_path}: no optimizer state"}
+        )
+        trainer = {
+            "iteration": iteration,
+            "epoch_length": engine.state.epoch_length,
+            "max_epochs": provenance["epochs"],
+        }
+        state = {"network": ckpt["model"], "card": ckpt["card"], "trainer": trainer}
+        if self.ema is not None:
+            state["ema"] = ckpt.get("ema", ckpt["model"])
+        return state
+
+    def _resume_provenance(self, iteration: int, other_data: bool = False) -> None:
+        """Brings the resumed card's provenance up to this run: its settings, a new ``code_history`` entry if the
+        code changed; other training data are refused, or with ``other_data`` recorded under ``data_history``."""
         saved, current = self.card.provenance, dict(self.provenance)
         code = current.pop("code", None)
 
@@ -227,10 +267,14 @@ class TrainingCheckpoint:
             return all(a.get(k) == b.get(k) for k in ("datalist_sha256", "files_sha256", "num_cases"))
 
         if saved.get("data") and current.get("data") and not same_data(saved["data"], current["data"]):
-            raise ValueError(
-                f"{self.checkpoint_path} was trained on other data ({saved['data']}) than this run's "
-                f"({current['data']}): choose another output_dir, or init_ckpt to fine-tune from its model file"
-            )
+            if not other_data:
+                raise ValueError(
+                    f"{self.checkpoint_path} was trained on other data ({saved['data']}) than this run's "
+                    f"({current['data']}): choose another output_dir, or init_ckpt to fine-tune from its model file"
+                )
+            logger.warning(f"{self.continue_path} was trained on other files than this run's: see data_history")
+            saved.setdefault("data_history", []).append({"until_iteration": iteration, **saved["data"]})
+            saved["data"] = current["data"]
         history = saved.setdefault("code_history", [])
         if code and (not history or {k: v for k, v in history[-1].items() if k != "from_iteration"} != code):
             history.append({"from_iteration": iteration, **code})
