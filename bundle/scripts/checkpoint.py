@@ -107,6 +107,14 @@ def read_checkpoint(path: str) -> dict:
         raise ValueError(f"checkpoint {path} cannot be read as a weights-only torch file: {e}") from e
 
 
+def read_model_file(path: str) -> dict:
+    """A model file's contents (``read_checkpoint``); a file without weights and a card is a clear error."""
+    ckpt = read_checkpoint(path)
+    if "card" not in ckpt or "model" not in ckpt:
+        raise ValueError(f"checkpoint {path} is not a model file of this project (it has keys {sorted(ckpt)})")
+    return ckpt
+
+
 def save_model(path: str, network: nn.Module, ema: nn.Module | None, card: ModelCard) -> None:
     """Writes a model file: the weights, their moving average (if any) and the card."""
     state = {"model": network.state_dict(), "card": card.state_dict()}
@@ -121,9 +129,7 @@ def load_model(path: str, network: nn.Module, card: ModelCard, weights: str = "e
     before cards declared their classes takes ``card``'s declaration."""
     if weights not in WEIGHTS:
         raise ValueError(f"weights must be one of {WEIGHTS}, got {weights!r}")
-    ckpt = read_checkpoint(path)
-    if "card" not in ckpt or "model" not in ckpt:
-        raise ValueError(f"checkpoint {path} is not a model file of this project (it has keys {sorted(ckpt)})")
+    ckpt = read_model_file(path)
     card.check(ckpt["card"], path)
     network.load_state_dict(ckpt.get(weights, ckpt["model"]))
     saved = dict(ckpt["card"])

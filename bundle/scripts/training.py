@@ -23,7 +23,7 @@ from monai.utils import set_determinism
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
-from .checkpoint import ModelCard, load_model, read_checkpoint, save_model
+from .checkpoint import ModelCard, load_model, read_checkpoint, read_model_file, save_model
 from .data import load_batch
 from .distributed import rank, world_size
 from .files import save_torch
@@ -230,12 +230,11 @@ class TrainingCheckpoint:
     def _model_file_state(self, engine: Engine) -> dict:
         """The model file ``continue_path`` as a checkpoint's state: weights, moving average, card and trainer counts;
         no optimizer or learning-rate schedule state."""
-        ckpt = read_checkpoint(self.continue_path)
-        provenance = ckpt.get("card", {}).get("provenance") or {}
-        if "model" not in ckpt or "iterations" not in provenance:
+        ckpt = read_model_file(self.continue_path)
+        provenance = ckpt["card"].get("provenance") or {}
+        if "iterations" not in provenance:
             raise ValueError(
-                f"{self.continue_path} is not a model file that records its training iterations: "
-                "use init_ckpt to fine-tune from its weights"
+                f"{self.continue_path} does not record its training iterations: use init_ckpt to fine-tune from it"
             )
         iteration, epochs = provenance["iterations"], provenance["epochs"]
         if iteration != epochs * engine.state.epoch_length:
@@ -247,11 +246,7 @@ class TrainingCheckpoint:
         provenance.setdefault("optimizer_restarted", []).append(
             {"iteration": iteration, "why": f"continued from the model file {self.continue_path}: no optimizer state"}
         )
-        trainer = {
-            "iteration": iteration,
-            "epoch_length": engine.state.epoch_length,
-            "max_epochs": provenance["epochs"],
-        }
+        trainer = {"iteration": iteration, "epoch_length": engine.state.epoch_length, "max_epochs": epochs}
         state = {"network": ckpt["model"], "card": ckpt["card"], "trainer": trainer}
         if self.ema is not None:
             state["ema"] = ckpt.get("ema", ckpt["model"])
