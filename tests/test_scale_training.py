@@ -3,7 +3,6 @@ checkpointing, channels-last weights, and checkpoints written before these exist
 
 from __future__ import annotations
 
-import logging
 import math
 
 import pytest
@@ -16,7 +15,7 @@ from torch import nn
 
 from conftest import CONFIGS, TINY_2D, TINY_3D
 from scripts.networks import ConditionalUNet
-from scripts.training import EMA, lr_factor, lr_scheduler
+from scripts.training import EMA, LearningRateSchedule, lr_factor
 
 SMALL = {"channels": [8, 16], "attention_levels": [False, True], "num_head_channels": 8, "norm_num_groups": 4}
 
@@ -48,26 +47,26 @@ def _copy(net: nn.Module) -> list[torch.Tensor]:
     return [p.detach().clone() for p in net.parameters()]
 
 
-def test_lr_schedule_warmup_constant_and_cosine():
+def test_lr_schedule_warmup_constant_cosine_and_cosine_tail():
     assert [lr_factor(i, "constant", 4, 100) for i in (0, 1, 3, 4, 1000)] == [0.25, 0.5, 1.0, 1.0, 1.0]
     assert lr_factor(0, "cosine", 0, 10) == 1.0 and lr_factor(5, "cosine", 0, 10) == pytest.approx(0.5)
     assert lr_factor(10, "cosine", 0, 10) == lr_factor(50, "cosine", 0, 10) == 0.0  # and stays there
     assert lr_factor(7, "cosine", 2, 12) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert [lr_factor(i, "cosine", 0, 10, decay_start=6) for i in (0, 6, 8)] == pytest.approx([1.0, 1.0, 0.5])
 
-    optimizer = torch.optim.SGD(nn.Linear(1, 1).parameters(), lr=0.2)
-    scheduler = lr_scheduler(optimizer, "cosine", warmup=2, total=6)
+    net = nn.Linear(1, 1)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.2)
+    data = [{"image": torch.randn(1, 1), "label": torch.randn(1, 1)}] * 3
+    trainer = SupervisedTrainer("cpu", 2, data, net, optimizer, nn.MSELoss(), epoch_length=3)
+    LearningRateSchedule(0.2, "cosine", warmup=2, total=6).attach(trainer)
     lrs = []
-    for _ in range(6):
-        lrs.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        scheduler.step()
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: lrs.append(optimizer.param_groups[0]["lr"]))
+    trainer.run()
     assert lrs == pytest.approx(
         [0.1, 0.2, 0.2, 0.2 * 0.5 * (1 + math.cos(math.pi / 4)), 0.1, 0.2 * 0.5 * (1 - 0.5**0.5)]
     )
-    state = scheduler.state_dict()
-    assert state["last_epoch"] == 6 and state["lr_lambdas"] == [{}]  # only its position: the config is the schedule
     with pytest.raises(ValueError, match="lr_schedule must be one of"):
-        lr_scheduler(optimizer, "step")
+        LearningRateSchedule(0.2, "step")
 
 
 def _saved_bytes(net: nn.Module, x: torch.Tensor, **kwargs) -> int:
@@ -110,24 +109,32 @@ def test_channels_last_network_for_2d_and_3d(image_size, layout):
     assert weight.is_contiguous(memory_format=layout) and not weight.is_contiguous()
 
 
-def test_checkpoint_without_newer_state_resumes(data_dir, small_datalist, tmp_path, caplog):
-    """A checkpoint of the first bundle version (network, optimizer, ema, trainer, card) still resumes."""
+def test_old_checkpoint_resumes_onto_a_cosine_tail(data_dir, small_datalist, tmp_path):
+    """A checkpoint of an earlier bundle version (no grad scaler; a LambdaLR position of the old schedule) resumes
+    with a cosine tail from its iteration on: the learning rate follows the trainer's iteration, and the card records
+    the settings the tail replaced."""
     overrides = {
         **TINY_2D,
         "dataset_dir": str(data_dir),
         "datalist": str(small_datalist),
         "output_dir": str(tmp_path),
         "batch_size": 4,
+        "lr": 1e-3,
         "checkpoint_interval": 1,
         "preview_interval": 10,
     }
     job = {"configs": ["train.json", "variants/mask_class_2d.json"], "overrides": overrides}
     run_job({**job, "overrides": {**overrides, "train#trainer#max_epochs": 1}})
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
-    torch.save({k: state[k] for k in ("network", "optimizer", "ema", "trainer", "card")}, tmp_path / "checkpoint.pt")
+    old = {k: state[k] for k in ("network", "optimizer", "ema", "trainer", "card")}
+    torch.save({**old, "lr_scheduler": {"last_epoch": 1, "base_lrs": [1e-3]}}, tmp_path / "checkpoint.pt")
 
-    with caplog.at_level(logging.WARNING):
-        run_job({**job, "overrides": {**overrides, "train#trainer#max_epochs": 2}})
-    assert "has no lr_scheduler state" in caplog.text
+    tail = {"lr_schedule": "cosine", "lr_decay_start": 2, "train#trainer#max_epochs": 3}  # decays over iterations 2-6
+    run_job({**job, "overrides": {**overrides, **tail}})
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
-    assert state["trainer"]["iteration"] == 4 and state["lr_scheduler"]["last_epoch"] == 2  # 2 steps since resuming
+    assert state["trainer"]["iteration"] == 6 and "lr_scheduler" not in state
+    last_lr = state["optimizer"]["param_groups"][0]["lr"]  # that of iteration 5 (from 0)
+    assert last_lr == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * 3 / 4)))
+    provenance = state["card"]["provenance"]
+    assert provenance["settings"]["lr_schedule"] == "cosine"
+    assert provenance["settings_history"] == [{"until_iteration": 2, "lr_schedule": "constant", "lr_decay_start": 0}]

@@ -21,7 +21,6 @@ from ignite.engine import Engine, Events
 from monai.data.utils import set_rnd
 from monai.utils import set_determinism
 from torch import nn
-from torch.optim.lr_scheduler import LambdaLR
 
 from .checkpoint import ModelCard, load_model, read_checkpoint, read_model_file, save_model
 from .data import load_batch
@@ -109,29 +108,47 @@ class EMA:
             ema_buffer.copy_(buffer)
 
 
-def lr_factor(iteration: int, schedule: str, warmup: int, total: int) -> float:
-    """The learning rate's factor at ``iteration``: a linear warmup over ``warmup`` iterations, then constant or a
-    cosine decay that reaches 0 at iteration ``total`` (and stays there)."""
+def lr_factor(iteration: int, schedule: str, warmup: int, total: int, decay_start: int = 0) -> float:
+    """The learning rate's factor at ``iteration`` (from 0): a linear warmup over ``warmup`` iterations, then constant,
+    or for "cosine" constant until ``decay_start`` and then a cosine decay that reaches 0 at iteration ``total`` (and
+    stays there)."""
     if iteration < warmup:
         return (iteration + 1) / warmup
     if schedule == "constant":
         return 1.0
-    return 0.5 * (1.0 + math.cos(math.pi * min((iteration - warmup) / max(total - warmup, 1), 1.0)))
+    start = max(warmup, decay_start)
+    return 0.5 * (1.0 + math.cos(math.pi * min(max(iteration - start, 0) / max(total - start, 1), 1.0)))
 
 
-def lr_scheduler(optimizer: torch.optim.Optimizer, schedule: str = "constant", warmup: int = 0, total: int = 0):
-    """A ``LambdaLR`` of ``lr_factor``, to be stepped every iteration (MONAI's ``LrScheduleHandler`` with
-    ``epoch_level=False``). Its state holds only its position: the schedule itself comes from the config.
+class LearningRateSchedule:
+    """Before every iteration, sets the optimizer's learning rates to ``lr * lr_factor(i)``, where ``i`` counts the
+    training's iterations from 0, resumed runs included. The schedule is a function of the trainer's iteration and
+    these settings alone: it holds no state, so a resumed, continued or extended run stays on it.
 
     Args:
-        optimizer: the optimizer whose learning rates it scales.
+        lr: the peak learning rate.
         schedule: "constant" or "cosine".
         warmup: warmup iterations (0 for none).
-        total: the run's iterations (for "cosine").
+        total: the iteration at which "cosine" reaches 0 (the run's iterations).
+        decay_start: the iteration at which "cosine" leaves its peak (0: right after the warmup); a later one gives a
+            constant run with a cosine tail (warmup-stable-decay).
     """
-    if schedule not in LR_SCHEDULES:
-        raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {schedule!r}")
-    return LambdaLR(optimizer, partial(lr_factor, schedule=schedule, warmup=int(warmup), total=int(total)))
+
+    def __init__(self, lr: float, schedule: str = "constant", warmup: int = 0, total: int = 0, decay_start: int = 0):
+        if schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {schedule!r}")
+        self.lr = lr
+        self.factor = partial(
+            lr_factor, schedule=schedule, warmup=int(warmup), total=int(total), decay_start=int(decay_start)
+        )
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_STARTED, self.set_lr)
+
+    def set_lr(self, engine: Engine) -> None:
+        lr = self.lr * self.factor(engine.state.iteration - 1)  # ignite counts the iteration before this event
+        for group in engine.optimizer.param_groups:
+            group["lr"] = lr
 
 
 class TrainingCheckpoint:
@@ -139,20 +156,21 @@ class TrainingCheckpoint:
 
     At start (every rank) it resumes from ``checkpoint_path`` if that exists. Otherwise, given ``continue_path`` (a
     model file whose card fits), training goes on from that model: its weights, moving average, iterations, epochs
-    and card provenance carry on, while the optimizer and learning-rate schedule start afresh (a model file holds no
-    optimizer state; the card records the iteration under ``optimizer_restarted``), and training files whose bytes
-    differ from the card's (e.g. the default data rebuilt on another machine) are recorded under ``data_history``.
+    and card provenance carry on, while the optimizer starts afresh (a model file holds no optimizer state; the card
+    records the iteration under ``optimizer_restarted``), and training files whose bytes differ from the card's (e.g.
+    the default data rebuilt on another machine) are recorded under ``data_history``.
     Otherwise, given ``init_path`` (a model file whose card fits), the network and its moving average start from
     that model's weights (its moving average where it has one) with counts from zero: fine-tuning, reflow.
 
-    Every ``interval`` epochs and at the end, rank 0 writes the network, EMA, optimizer, LR scheduler, the trainer's
-    grad scaler (mixed precision), trainer state and card to ``checkpoint_path`` and the weights with the card to
-    ``model_path``. A state that the checkpoint lacks (e.g. a schedule added since it was written) starts afresh,
-    with a warning.
+    Every ``interval`` epochs and at the end, rank 0 writes the network, EMA, optimizer, the trainer's grad scaler
+    (mixed precision), trainer state and card to ``checkpoint_path`` and the weights with the card to
+    ``model_path``. A state that the checkpoint lacks (e.g. the grad scaler when mixed precision is turned on)
+    starts afresh, with a warning.
 
     The card's provenance holds ``provenance`` (data and code fingerprints, settings; see ``provenance.py``) and
     the run's iterations, epochs and training seconds, summed over resumed runs. A checkpoint made on other
-    training data is refused; a resumed run whose code differs adds an entry to ``code_history``.
+    training data is refused; a resumed run whose code differs adds an entry to ``code_history``, one whose settings
+    differ an entry to ``settings_history``.
     """
 
     def __init__(
@@ -163,7 +181,6 @@ class TrainingCheckpoint:
         optimizer: torch.optim.Optimizer,
         card: ModelCard,
         ema: nn.Module | None = None,
-        lr_scheduler=None,
         interval: int = 1,
         init_path: str | None = None,
         provenance: dict | None = None,
@@ -175,8 +192,6 @@ class TrainingCheckpoint:
         self.objects = {"network": self.network, "optimizer": optimizer}
         if ema is not None:
             self.objects["ema"] = ema
-        if lr_scheduler is not None:
-            self.objects["lr_scheduler"] = lr_scheduler
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self.resume)
@@ -229,7 +244,7 @@ class TrainingCheckpoint:
 
     def _model_file_state(self, engine: Engine) -> dict:
         """The model file ``continue_path`` as a checkpoint's state: weights, moving average, card and trainer counts;
-        no optimizer or learning-rate schedule state."""
+        no optimizer state."""
         ckpt = read_model_file(self.continue_path)
         provenance = ckpt["card"].get("provenance") or {}
         if "iterations" not in provenance:
@@ -253,8 +268,9 @@ class TrainingCheckpoint:
         return state
 
     def _resume_provenance(self, iteration: int, other_data: bool = False) -> None:
-        """Brings the resumed card's provenance up to this run: its settings, a new ``code_history`` entry if the
-        code changed; other training data are refused, or with ``other_data`` recorded under ``data_history``."""
+        """Brings the resumed card's provenance up to this run: its settings, with the values they replace (other than
+        ``max_epochs``) under ``settings_history``; a new ``code_history`` entry if the code changed; other training
+        data are refused, or with ``other_data`` recorded under ``data_history``."""
         saved, current = self.card.provenance, dict(self.provenance)
         code = current.pop("code", None)
 
@@ -270,6 +286,10 @@ class TrainingCheckpoint:
             logger.warning(f"{self.continue_path} was trained on other files than this run's: see data_history")
             saved.setdefault("data_history", []).append({"until_iteration": iteration, **saved["data"]})
             saved["data"] = current["data"]
+        old, new = saved.get("settings") or {}, current.get("settings") or {}
+        replaced = {k: old.get(k) for k in new if k != "max_epochs" and old.get(k) != new[k]}
+        if old and replaced:
+            saved.setdefault("settings_history", []).append({"until_iteration": iteration, **replaced})
         history = saved.setdefault("code_history", [])
         if code and (not history or {k: v for k, v in history[-1].items() if k != "from_iteration"} != code):
             history.append({"from_iteration": iteration, **code})
