@@ -88,6 +88,79 @@ def model_card_table(record: dict) -> str:
     return "| | |\n|---|---|\n" + "".join(f"| {k} | {v} |\n" for k, v in rows)
 
 
+FLAT = 0.005  # a validation loss that changes less than this fraction between its last two points has flattened
+
+
+def _phases(provenance: dict) -> list[tuple[int, int, dict]]:
+    """(from, to iteration, settings) of each stretch of a training whose settings changed on resume: the card's
+    settings, and before each ``settings_history`` entry the values it records as replaced."""
+    settings, iterations = provenance.get("settings", {}), provenance.get("iterations")
+    history = provenance.get("settings_history", [])
+    phases, end = [], iterations
+    for entry in reversed(history):
+        phases.append((entry["until_iteration"], end, settings))
+        settings = {**settings, **{k: v for k, v in entry.items() if k != "until_iteration"}}
+        end = entry["until_iteration"]
+    return [(0, end, settings), *reversed(phases)]
+
+
+def _learning_rate(provenance: dict) -> str:
+    """The learning rate over the training, stretch by stretch, e.g. ``0.0002 constant; cosine from 13110 to 0 at
+    19320``."""
+    parts = []
+    for _, _, s in _phases(provenance):
+        warmup = f"warmup {s['lr_warmup']}, " if s.get("lr_warmup") else ""
+        if s.get("lr_schedule") == "cosine":
+            start = max(s.get("lr_warmup") or 0, s.get("lr_decay_start") or 0)
+            total = s["max_epochs"] * provenance["iterations_per_epoch"]
+            part = f"{warmup}cosine from {start} to 0 at {total}"
+        else:
+            part = f"{warmup}{s.get('lr_schedule')}"
+        if part not in parts:
+            parts.append(part)
+    return f"{provenance.get('settings', {}).get('lr'):g}: " + "; ".join(parts)
+
+
+def training_table(record: dict) -> str:
+    """How each model of a record (``models``: name -> card provenance) was trained: iterations, learning rate,
+    optimizer restarts and data files over time, and its validation-loss curve (first, lowest, last, and the last
+    change, which says whether it has flattened: less than ``FLAT``)."""
+    models = record["models"]
+    lines = ["| | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
+
+    def row(name: str, cell: Callable[[dict], str]) -> None:
+        lines.append(f"| {name} | " + " | ".join(cell(p) for p in models.values()) + " |")
+
+    def curve(p: dict) -> list:
+        return p.get("validation_loss") or []
+
+    def change(p: dict) -> str:
+        c = curve(p)
+        if len(c) < 2:
+            return "-"
+        rel = c[-1][1] / c[-2][1] - 1
+        return f"{rel:+.2%} from {c[-2][0]} to {c[-1][0]} ({'flat' if abs(rel) < FLAT else 'not flat'})"
+
+    row("iterations (epochs)", lambda p: f"{p.get('iterations')} ({p.get('epochs')})")
+    row("learning rate", _learning_rate)
+    row(
+        "optimizer restarted at",
+        lambda p: ", ".join(str(r["iteration"]) for r in p.get("optimizer_restarted", [])) or "never",
+    )
+    row(
+        "training files (SHA-256)",
+        lambda p: (
+            "".join(f"{d['files_sha256'][:8]} to {d['until_iteration']}, " for d in p.get("data_history", []))
+            + p["data"]["files_sha256"][:8]
+        ),
+    )
+    row("validation loss, first", lambda p: f"{curve(p)[0][1]} at {curve(p)[0][0]}" if curve(p) else "-")
+    row("lowest", lambda p: "{1} at {0}".format(*min(curve(p), key=lambda c: c[1])) if curve(p) else "-")
+    row("last", lambda p: f"{curve(p)[-1][1]} at {curve(p)[-1][0]}" if curve(p) else "-")
+    row("last change", change)
+    return "\n".join(lines) + f"\n\nFlat: less than {FLAT:.1%} change between the last two validation points.\n"
+
+
 def ddpm_selection_table(record: dict) -> str:
     """The DDPM baseline's schedule choice on the validation subjects (see bench/ddpm_selection.py)."""
     s = record["settings"]
@@ -523,6 +596,7 @@ BLOCKS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "ddpm_selection": ("ddpm_selection.json", ddpm_selection_table),
     "denoising": ("denoising.json", denoising_table),
     "sampling": ("sampling.json", sampling_table),
+    "training": ("sampling.json", training_table),
     "guidance": ("guidance.json", guidance_table),
     "few_step": ("few_step.json", few_step_table),
     "interplane": ("interplane.json", interplane_table),

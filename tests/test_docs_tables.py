@@ -74,3 +74,27 @@ def test_the_3d_goals_read_patch_distance_dice_and_the_interplane_ratio():
     rows[0]["interplane_ratio"] = 1.4
     assert "1.40x the real volumes' (NOT MET" in _interplane_goal(rows)
     assert "not in this record" in _interplane_goal(rows, nfe=2)
+
+
+def test_the_training_table_reads_the_cards_history():
+    from tables import training_table
+
+    settings = {"lr": 2e-4, "lr_schedule": "cosine", "lr_warmup": 0, "lr_decay_start": 300, "max_epochs": 5}
+    card = {
+        "iterations": 500,
+        "epochs": 5,
+        "iterations_per_epoch": 100,
+        "settings": settings,
+        "settings_history": [{"until_iteration": 300, "lr_schedule": "constant", "lr_decay_start": 0}],
+        "optimizer_restarted": [{"iteration": 200, "why": "lost"}],
+        "data": {"files_sha256": "b" * 64},
+        "data_history": [{"until_iteration": 200, "files_sha256": "a" * 64}],
+        "validation_loss": [[100, 0.05], [200, 0.04], [300, 0.042], [400, 0.0401], [500, 0.04]],
+    }
+    still_falling = {**card, "validation_loss": [[400, 0.05], [500, 0.049]]}
+    table = training_table({"models": {"flow": card, "ddpm": still_falling}})
+    assert "| learning rate | 0.0002: constant; cosine from 300 to 0 at 500 |" in table
+    assert "| optimizer restarted at | 200 | 200 |" in table
+    assert "| training files (SHA-256) | aaaaaaaa to 200, bbbbbbbb |" in table
+    assert "| lowest | 0.04 at 200 | 0.049 at 500 |" in table
+    assert "| last change | -0.25% from 400 to 500 (flat) | -2.00% from 400 to 500 (not flat) |" in table
