@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import fire
@@ -56,16 +57,21 @@ REFERENCE = {"model": "base", "solver": "euler", "nfe": 10}
 PLOTTED = ("fd_segmenter_features", "mask_dice", "hist_wasserstein", "psnr_paired")
 
 
-def arms(base_ckpt: str) -> tuple[list[str], dict[str, str]]:
-    """The fine-tunes of ``FINETUNES`` that apply to the base model, and why the others are skipped."""
+def arms(base_ckpt: str, only: Sequence[str] | None = None) -> tuple[list[str], dict[str, str]]:
+    """The fine-tunes of ``FINETUNES`` that apply to the base model (of ``only``, where given), and why the others
+    are skipped."""
+    unknown = sorted(set(only or ()) - set(FINETUNES))
+    if unknown:
+        raise ValueError(f"unknown fine-tunes {unknown}: choose from {list(FINETUNES)}")
+    names = [name for name in FINETUNES if only is None or name in only]
     num_labels = read_checkpoint(base_ckpt)["card"]["network"].get("num_labels") or 0
-    if num_labels:
+    if num_labels and "ot" in names:
         reason = (
             f"the base model is mask-conditioned ({num_labels} labels): minibatch OT coupling pairs noise within one "
             "condition, and every mask is a condition of its own"
         )
-        return [name for name in FINETUNES if name != "ot"], {"ot": reason}
-    return list(FINETUNES), {}
+        return [name for name in names if name != "ot"], {"ot": reason}
+    return names, {}
 
 
 def finetune(name: str, base_ckpt: str, work_dir: Path, epochs: int, overrides: dict) -> tuple[str, dict]:
@@ -159,6 +165,7 @@ def main(
     ddpm_steps: int = 1000,
     case_stride: int = 1,
     overrides: str = "{}",
+    only: str | Sequence[str] | None = None,
 ) -> None:
     """Runs the benchmark.
 
@@ -175,14 +182,18 @@ def main(
         overrides: JSON dict of bundle config overrides for every run (e.g. a datalist, a tiny network, the reflow
             pair settings ``pairs_per_case`` / ``pair_solver`` / ``pair_steps``, the distillation's
             ``distill_step`` / ``teacher_solver`` / ``distill_target``).
+        only: train only these fine-tunes (comma-separated) and stop: no sampling, no record. One per process trains
+            them side by side in one ``work_dir``; the run without it then reuses them.
     """
     start = time.perf_counter()
     extra = json.loads(overrides) if isinstance(overrides, str) else dict(overrides)
     work = Path(work_dir).resolve()
-    names, skipped = arms(base_ckpt)
+    names, skipped = arms(base_ckpt, only.split(",") if isinstance(only, str) else only)
     models, finetunes = {"base": base_ckpt}, {}
     for name in names:
         models[name], finetunes[name] = finetune(name, base_ckpt, work, finetune_epochs, extra)
+    if only:
+        return
     sample_overrides = one_batch(test_subset(extra, case_stride, work), base_ckpt)
     flow = list(models)
     if ddpm_ckpt:

@@ -146,9 +146,13 @@ def test_few_step_benchmark(data_dir, small_datalist, tiny_model, tiny_ddpm, tmp
         "case_stride": 2,
         "overrides": overrides,
     }
+    main(**settings, only="control")  # one fine-tune alone, as a process of its own would train it: no record
+    control_written = (work / "control" / "model.pt").stat().st_mtime_ns
+    assert not out.exists() and not (work / "reflow").exists()
     main(**settings)
     record = json.loads((out / "few_step.json").read_text())
     assert record["benchmark"] == "few_step" and record["case_stride"] == 2
+    assert (work / "control" / "model.pt").stat().st_mtime_ns == control_written  # reused
     assert len(json.loads((work / "test_subset.json").read_text())["test"]) == 2  # every 2nd of the 4 test slices
     assert set(record["skipped"]) == {"ot"} and "mask" in record["skipped"]["ot"]  # the base is mask-conditioned
     rows = {(r["model"], r["solver"], r["nfe"]): r for r in record["rows"]}
@@ -233,3 +237,6 @@ def test_few_step_goal_and_arms(tmp_path):
         torch.save({"card": {"network": {"num_labels": labels}}}, path)
         names, skipped = arms(str(path))
         assert names == expected and set(skipped) == ({"ot"} if labels else set())
+        assert arms(str(path), ("reflow", "ot"))[0] == ([] if labels else ["ot"]) + ["reflow"]
+    with pytest.raises(ValueError, match="unknown fine-tunes \\['reflow2'\\]"):
+        arms(str(path), ["reflow2"])
