@@ -108,3 +108,18 @@ def test_the_segmenter_config_records_its_data_and_settings(data_dir, small_data
     cases = load_cases(str(small_datalist), "training", str(data_dir), True)
     assert provenance["data"]["files_sha256"] == data_fingerprint(str(small_datalist), cases)["files_sha256"]
     assert provenance["settings"]["iterations"] == 2 and provenance["code"] == code_version()
+
+
+def test_the_lowest_validation_loss_keeps_its_model_file(data_dir, small_datalist, tmp_path):
+    """model_best.pt holds the weights at the lowest validation loss: here the first epoch's, as a learning rate far
+    too high on resume sends the loss up; the card records the learning rate it replaced."""
+    out = tmp_path / "run"
+    train("mask_class_2d", data_dir, str(small_datalist), out, epochs=1, checkpoint_interval=1, validation_interval=1)
+    first = torch.load(out / "model.pt", weights_only=True)
+    train("mask_class_2d", data_dir, str(small_datalist), out, 3, checkpoint_interval=1, validation_interval=1, lr=1.0)
+    last, best = (torch.load(out / name, weights_only=True) for name in ("model.pt", "model_best.pt"))
+    curve = last["card"]["provenance"]["validation_loss"]
+    assert min(curve, key=lambda point: point[1]) == curve[0] and curve[-1][1] > curve[0][1]
+    assert best["card"]["provenance"]["iterations"] == curve[0][0] == first["card"]["provenance"]["iterations"]
+    assert all(torch.equal(best["ema"][k], first["ema"][k]) for k in first["ema"])
+    assert last["card"]["provenance"]["settings_history"] == [{"until_iteration": curve[0][0], "lr": 0.001}]

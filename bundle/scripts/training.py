@@ -164,8 +164,9 @@ class TrainingCheckpoint:
 
     Every ``interval`` epochs and at the end, rank 0 writes the network, EMA, optimizer, the trainer's grad scaler
     (mixed precision), trainer state and card to ``checkpoint_path`` and the weights with the card to
-    ``model_path``. A state that the checkpoint lacks (e.g. the grad scaler when mixed precision is turned on)
-    starts afresh, with a warning.
+    ``model_path``; when the validation loss just measured (``ValidationLoss``, attached before) is the run's lowest,
+    the weights also go to ``best_path``. A state that the checkpoint lacks (e.g. the grad scaler when mixed
+    precision is turned on) starts afresh, with a warning.
 
     The card's provenance holds ``provenance`` (data and code fingerprints, settings; see ``provenance.py``) and
     the run's iterations, epochs and training seconds, summed over resumed runs. A checkpoint made on other
@@ -185,8 +186,10 @@ class TrainingCheckpoint:
         init_path: str | None = None,
         provenance: dict | None = None,
         continue_path: str | None = None,
+        best_path: str | None = None,
     ) -> None:
-        self.checkpoint_path, self.model_path, self.interval = checkpoint_path, model_path, interval
+        self.checkpoint_path, self.model_path, self.best_path = checkpoint_path, model_path, best_path
+        self.interval = interval
         self.init_path, self.continue_path, self.provenance = init_path, continue_path, dict(provenance or {})
         self.network, self.ema, self.card = unwrap(network), ema, card
         self.objects = {"network": self.network, "optimizer": optimizer}
@@ -320,6 +323,10 @@ class TrainingCheckpoint:
         state["card"] = self.card.state_dict()
         save_torch(state, self.checkpoint_path)
         save_model(self.model_path, self.network, self.ema, self.card)
+        curve = provenance.get("validation_loss") or []
+        lowest = curve and curve[-1][0] == engine.state.iteration and curve[-1][1] <= min(v for _, v in curve)
+        if self.best_path and lowest:
+            save_model(self.best_path, self.network, self.ema, self.card)
 
 
 class TrainingStats:
