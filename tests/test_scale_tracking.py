@@ -35,8 +35,8 @@ def test_mlflow_and_tensorboard_record_loss_lr_throughput_and_previews(data_dir,
     assert run.info.status == "FINISHED"
     history = {name: client.get_metric_history(run.info.run_id, name) for name in run.data.metrics}
     assert len(history["train_loss"]) == len(history["lr_group_0"]) == EPOCHS * STEPS
-    lrs = [m.value for m in sorted(history["lr_group_0"], key=lambda m: m.step)]  # each after its step
-    assert lrs == pytest.approx([1e-4, 1.5e-4, 2e-4, 2e-4])  # 2e-4 warmed up over 4 steps
+    lrs = [m.value for m in sorted(history["lr_group_0"], key=lambda m: m.step)]
+    assert lrs == pytest.approx([5e-5, 1e-4, 1.5e-4, 2e-4])  # the rate each step used: 2e-4 warmed up over 4
     assert len(history["images_per_second"]) == len(history["lr"]) == EPOCHS
     assert all(m.value > 0 for m in history["images_per_second"])
     assert run.data.params["max_epochs"] == str(EPOCHS)
