@@ -91,24 +91,20 @@ def model_card_table(record: dict) -> str:
 FLAT = 0.005  # a validation loss that changes less than this fraction between its last two points has flattened
 
 
-def _phases(provenance: dict) -> list[tuple[int, int, dict]]:
-    """(from, to iteration, settings) of each stretch of a training whose settings changed on resume: the card's
+def _phases(provenance: dict) -> list[dict]:
+    """The settings of each stretch of a training whose settings changed on resume, first to last: the card's
     settings, and before each ``settings_history`` entry the values it records as replaced."""
-    settings, iterations = provenance.get("settings", {}), provenance.get("iterations")
-    history = provenance.get("settings_history", [])
-    phases, end = [], iterations
-    for entry in reversed(history):
-        phases.append((entry["until_iteration"], end, settings))
-        settings = {**settings, **{k: v for k, v in entry.items() if k != "until_iteration"}}
-        end = entry["until_iteration"]
-    return [(0, end, settings), *reversed(phases)]
+    phases = [provenance.get("settings", {})]
+    for entry in reversed(provenance.get("settings_history", [])):
+        phases.insert(0, {**phases[0], **{k: v for k, v in entry.items() if k != "until_iteration"}})
+    return phases
 
 
 def _learning_rate(provenance: dict) -> str:
     """The learning rate over the training, stretch by stretch, e.g. ``0.0002 constant; cosine from 13110 to 0 at
     19320``."""
     parts = []
-    for _, _, s in _phases(provenance):
+    for s in _phases(provenance):
         warmup = f"warmup {s['lr_warmup']}, " if s.get("lr_warmup") else ""
         if s.get("lr_schedule") == "cosine":
             start = max(s.get("lr_warmup") or 0, s.get("lr_decay_start") or 0)
@@ -138,8 +134,8 @@ def training_table(record: dict) -> str:
         c = curve(p)
         if len(c) < 2:
             return "-"
-        rel = c[-1][1] / c[-2][1] - 1
-        return f"{rel:+.2%} from {c[-2][0]} to {c[-1][0]} ({'flat' if abs(rel) < FLAT else 'not flat'})"
+        flat = abs(c[-1][1] / c[-2][1] - 1) < FLAT
+        return f"{c[-2][1]} at {c[-2][0]} to {c[-1][1]} at {c[-1][0]} ({'flat' if flat else 'not flat'})"
 
     row("iterations (epochs)", lambda p: f"{p.get('iterations')} ({p.get('epochs')})")
     row("learning rate", _learning_rate)
@@ -157,7 +153,7 @@ def training_table(record: dict) -> str:
     row("validation loss, first", lambda p: f"{curve(p)[0][1]} at {curve(p)[0][0]}" if curve(p) else "-")
     row("lowest", lambda p: "{1} at {0}".format(*min(curve(p), key=lambda c: c[1])) if curve(p) else "-")
     row("last", lambda p: f"{curve(p)[-1][1]} at {curve(p)[-1][0]}" if curve(p) else "-")
-    row("last change", change)
+    row("last two points", change)
     return "\n".join(lines) + f"\n\nFlat: less than {FLAT:.1%} change between the last two validation points.\n"
 
 

@@ -97,4 +97,4 @@ def test_the_training_table_reads_the_cards_history():
     assert "| optimizer restarted at | 200 | 200 |" in table
     assert "| training files (SHA-256) | aaaaaaaa to 200, bbbbbbbb |" in table
     assert "| lowest | 0.04 at 200 | 0.049 at 500 |" in table
-    assert "| last change | -0.25% from 400 to 500 (flat) | -2.00% from 400 to 500 (not flat) |" in table
+    assert "| last two points | 0.0401 at 400 to 0.04 at 500 (flat) | 0.05 at 400 to 0.049 at 500 (not flat) |" in table
