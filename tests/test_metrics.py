@@ -94,6 +94,17 @@ def test_bootstrap_interval_covers_the_mean_and_shrinks_with_more_cases():
     assert hi2 - lo2 < (hi - lo) / 4
 
 
+def test_set_statistic_interval_is_shifted_off_the_bias_of_repeated_cases():
+    g = torch.Generator().manual_seed(0)
+    real, generated = torch.randn(40, 16, generator=g), torch.randn(40, 16, generator=g)
+    value = frechet_distance(real, generated)
+    replicate = lambda i: frechet_distance(real[i], generated[i])  # noqa: E731
+    plain, shifted = bootstrap_ci(replicate, 40), bootstrap_ci(replicate, 40, centre=value)
+    assert value < plain[0]  # fewer distinct cases, more small-sample bias: all replicates above
+    assert shifted[0] < value < shifted[1]
+    assert shifted[1] - shifted[0] == pytest.approx(plain[1] - plain[0], rel=1e-6)
+
+
 def test_conditional_ms_ssim_is_one_for_a_collapsed_model():
     torch.manual_seed(0)
     x = torch.rand(3, 1, 1, 64, 64) * 2 - 1
