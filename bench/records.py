@@ -94,8 +94,11 @@ def one_batch(overrides: dict, ckpt_path: str) -> dict:
 
 def resumable(folder: Path, key: dict, measure, *args) -> dict:
     """``measure(*args)``'s result, saved as ``folder/result.json`` beside ``key`` (what it depends on: settings,
-    checkpoint digests): a rerun with the same key reads it back instead of measuring again, so a long benchmark
-    continues where it was interrupted."""
+    checkpoint digests) and the digest of the bundle's code: a rerun with the same ones reads it back instead of
+    measuring again, so a long benchmark continues where it was interrupted, and measures again after a code change."""
+    from scripts.provenance import code_version
+
+    key = {**key, "scripts_sha256": code_version()["scripts_sha256"]}
     saved = folder / "result.json"
     if saved.is_file():
         content = json.loads(saved.read_text())

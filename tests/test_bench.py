@@ -187,3 +187,22 @@ def test_scale_cpu_measures_memory_and_time_beside_the_estimate(tmp_path):
     assert estimated["estimated_gib"] > large["estimated_gib"] > small["estimated_gib"]
     assert large["estimate_over_measured"] == round(large["estimated_gib"] / large["train_gib"], 2)
     assert "| 64^3 | - | - | - | - |" in scale_cpu_table(record)
+
+
+def test_a_kept_result_is_reused_until_its_key_or_the_bundle_code_changes(tmp_path, monkeypatch):
+    from records import resumable
+
+    import scripts.provenance
+
+    calls = []
+
+    def measure(x):
+        calls.append(x)
+        return {"value": x}
+
+    assert resumable(tmp_path, {"a": 1}, measure, 1) == {"value": 1}
+    assert resumable(tmp_path, {"a": 1}, measure, 2) == {"value": 1} and calls == [1]  # read back
+    assert resumable(tmp_path, {"a": 2}, measure, 3) == {"value": 3}
+    version = scripts.provenance.code_version()
+    monkeypatch.setattr(scripts.provenance, "code_version", lambda: {**version, "scripts_sha256": "other code"})
+    assert resumable(tmp_path, {"a": 2}, measure, 4) == {"value": 4} and calls == [1, 3, 4]
