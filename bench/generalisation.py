@@ -10,8 +10,9 @@ On two sets of unseen anatomy, each method generates one image per test mask thr
 
 Methods: the model (``solver``, ``num_steps``), ``nearest_training`` (the training image whose mask matches best:
 memory) and ``tissue_means`` (the mask painted with the training tissue means). Writes ``generalisation.json``
-(one record), ``generalisation.md`` (its table) and ``generalisation.png`` into ``out_dir``; the generated sets
-and the unseen subjects go to ``work_dir``.
+(one record), ``generalisation.md`` (its table), ``generalisation.png`` and ``samples_test_subjects.png`` (the
+first test masks, the model's samples and the real slices) into ``out_dir``; the generated sets and the unseen
+subjects go to ``work_dir``.
 
     python bench/generalisation.py                                # shipped model and bundle/data
     python bench/generalisation.py --out_dir bundle/docs/records  # to update the documented record
@@ -20,6 +21,7 @@ and the unseen subjects go to ``work_dir``.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -94,6 +96,7 @@ def main(
     }
     publish(result, out, generalisation_table)
     plot(result, out / "generalisation.png")
+    shutil.copyfile(work / "test_subjects-model" / "samples.png", out / "samples_test_subjects.png")
     return result
 
 

@@ -120,6 +120,8 @@ def test_generalisation_benchmark(data_dir, small_datalist, tiny_model, segmente
     table = (tmp_path / "generalisation.md").read_text()
     assert table.count("| nearest_training |") == 2 and "Model: " in table
     assert (tmp_path / "generalisation.png").stat().st_size > 1000
+    samples = tmp_path / "samples_test_subjects.png"  # the model's own grid on the test subjects
+    assert samples.read_bytes() == (tmp_path / "runs" / "test_subjects-model" / "samples.png").read_bytes()
 
 
 def test_guidance_benchmark(data_dir, small_datalist, tiny_model, classifier, tmp_path):
