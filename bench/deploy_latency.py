@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import fire
-from records import ROOT, machine, save
+from records import ROOT, run_info, save
 
 SLICES, SLICE_GAP, MATRIX, NFE = 20, 5.0, (256, 256), 10
 
@@ -96,6 +96,7 @@ def main(
         warm = [statistics.median(t) for t in zip(*(app_runs[1:] or app_runs))]
         model_only = [statistics.median(t) for t in zip(*model_runs)]
         result = {
+            **run_info("deploy_latency"),
             "slices": SLICES,
             "matrix": list(MATRIX),
             "nfe": nfe,
@@ -103,7 +104,6 @@ def main(
             + ("" if shipped or model else " (untrained weights)"),
             "device": str(loaded.device),
             "torch_threads": threads,
-            "machine": machine(),
             "repeats": repeats,
             "startup_seconds": round(startup, 2),
             "end_to_end_cold_seconds": round(app_runs[0][0], 3),

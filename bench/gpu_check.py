@@ -245,13 +245,14 @@ def network_2d(result: dict, sizes: Sizes, device: torch.device) -> None:
     }
     for name, (dtype, channels_last, compiled) in variants.items():
         row = time_variant(net, (x, t, cond, target), dtype, channels_last, compiled, sizes, device)
-        row.update(
-            forward_tflops=round(flops["forward"] / row["forward_ms"] / 1e9, 3),
-            step_tflops=round(flops["training_step"] / row["step_ms"] / 1e9, 3),
+        step_tflops = flops["training_step"] / row["step_ms"] / 1e9
+        row.update(  # three significant digits: a tiny network on a loaded CPU still shows its share
+            forward_tflops=float(f"{flops['forward'] / row['forward_ms'] / 1e9:.3g}"),
+            step_tflops=float(f"{step_tflops:.3g}"),
         )
         for source, key in (("measured", "measured_matmul_tflops"), ("spec", "spec_tflops")):
             if peak[key]:
-                row[f"step_fraction_of_{source}_peak"] = round(row["step_tflops"] / peak[key], 4)
+                row[f"step_fraction_of_{source}_peak"] = float(f"{step_tflops / peak[key]:.3g}")
         result["variants"][name] = row
 
 

@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 import fire
-from records import ROOT, machine, save
+from records import ROOT, run_info, save
 
 
 def main(studies: int = 20, batch_studies: int = 8, slices: int = 3, out: str = "results/pacs_burst.json") -> None:
@@ -40,7 +40,7 @@ def main(studies: int = 20, batch_studies: int = 8, slices: int = 3, out: str = 
         sent = [write_study(work / f"study{k}", volumes, seg=k % 2 == 0, slices=slices) for k in range(studies)]
         for study in sent:
             pacs.upload(study)
-        result = burst(pacs, node, "motfm", sent, timeout=3600)
+        result = run_info("pacs_burst") | burst(pacs, node, "motfm", sent, timeout=3600)
         failed = node.status()["failed"]
         result |= {
             "failed": len(failed),
@@ -48,7 +48,6 @@ def main(studies: int = 20, batch_studies: int = 8, slices: int = 3, out: str = 
             "quiet_seconds": 2,
             "slices": slices,
             "model": "tiny test bundle (32 x 32, 2 Euler steps), CPU, 1 torch thread",
-            "machine": machine(),
         }
     finally:
         if node is not None:

@@ -124,17 +124,21 @@ def workflow(configs: list[str], **overrides):
     return wf
 
 
+def generator(method: str) -> tuple[list[str], dict]:
+    """The configs and overrides that generate with ``method``: a "flow" model (``inference.json``), the "ddpm"
+    baseline (+ ``inference_ddpm.json``) or a trivial baseline of ``baselines.json`` by its name."""
+    if method == "flow":
+        return ["inference.json"], {}
+    if method == "ddpm":
+        return ["inference.json", "inference_ddpm.json"], {}
+    return ["inference.json", "baselines.json"], {"baseline": method}
+
+
 def generate_and_evaluate(method: str, out: str, variant: str | None = None, **overrides) -> tuple[dict, object]:
-    """Generates the evaluation split with ``inference.json`` + ``evaluate.json`` (a "flow" model, the "ddpm"
-    baseline, or a trivial baseline of ``baselines.json`` by its name; ``variant``: a file of configs/variants)
-    into ``out``; returns (its metrics.json, the run workflow)."""
-    configs = {
-        "flow": ["inference.json", "evaluate.json"],
-        "ddpm": ["inference.json", "inference_ddpm.json", "evaluate.json"],
-    }.get(method, ["inference.json", "evaluate.json", "baselines.json"])
-    extra = {} if method in ("flow", "ddpm") else {"baseline": method}
-    wf = workflow(
-        configs + ([f"variants/{variant}.json"] if variant else []), output_dir=str(out), **extra, **overrides
-    )
+    """Generates the evaluation split with ``method`` (see ``generator``) + ``evaluate.json`` into ``out``
+    (``variant``: a file of configs/variants); returns (its metrics.json, the run workflow)."""
+    configs, extra = generator(method)
+    configs = [*configs, "evaluate.json"] + ([f"variants/{variant}.json"] if variant else [])
+    wf = workflow(configs, output_dir=str(out), **extra, **overrides)
     wf.run()
     return json.loads((Path(out) / "metrics.json").read_text()), wf

@@ -71,6 +71,58 @@ def generalisation_table(record: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def downstream_table(record: dict) -> str:
+    """The downstream benchmark's table (see bench/downstream.py): each task's score on the real test subjects per
+    training set, with its interval over test cases and its spread over seeds."""
+    seeds = len(record["seeds"])
+    lines = [
+        "| trained on | cases | segmenter Dice (real test) | classifier accuracy (real test) |",
+        "|---|---|---|---|",
+    ]
+    for row in record["rows"]:
+        m = row["metrics"]
+        cells = [
+            _value(m, key) + (f" ± {m['seed_std'][key]:.3f}" if seeds > 1 else "")
+            for key in ("segmenter_dice", "classifier_accuracy")
+        ]
+        lines.append(f"| {row['trained_on']} | {row['cases']} | {' | '.join(cells)} |")
+    s = record["settings"]
+    lines += [
+        "",
+        f"{record['test_cases']} test cases; seeds {record['seeds']}"
+        + (" (± their spread)" if seeds > 1 else "")
+        + f"; segmenter {s['seg_iterations']}, classifier {s['cls_iterations']} iterations; flow Euler "
+        f"{s['num_steps']} NFE; {record['machine']}; `{record['command']}`, {record['seconds']} s.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def deploy_latency_table(record: dict) -> str:
+    """The deploy app against the model alone (see bench/deploy_latency.py)."""
+    r = record
+    return (
+        "| end to end, cold | end to end, warm | model alone | overhead ratio (wall) | overhead ratio (CPU time) "
+        "| start-up (imports) |\n|---|---|---|---|---|---|\n"
+        f"| {r['end_to_end_cold_seconds']} s | {r['end_to_end_warm_seconds']} s | {r['model_only_seconds']} s "
+        f"| {r['overhead_ratio']} | {r['overhead_ratio_cpu_time']} | {r['startup_seconds']} s |\n\n"
+        f"{r['slices']} slices of {'x'.join(map(str, r['matrix']))} at {r['nfe']} NFE, medians of {r['repeats']} "
+        f"runs; {r['model']}, {r['device']}, {r['torch_threads']} torch thread(s); {r['machine']}; "
+        f"`{r['command']}`.\n"
+    )
+
+
+def pacs_burst_table(record: dict) -> str:
+    """A burst of studies through Orthanc and the DICOM node (see bench/pacs_burst.py)."""
+    r = record
+    return (
+        "| studies (instances) | total | per study | first result | app runs | failed |\n|---|---|---|---|---|---|\n"
+        f"| {r['studies']} ({r['instances_sent']}) | {r['total_seconds']} s | {r['seconds_per_study']} s "
+        f"| {r['first_result_seconds']} s | {r['app_runs']} | {r['failed']} |\n\n"
+        f"Up to {r['batch_studies']} studies per app run, {r['slices']} planes per series; {r['model']}; "
+        f"{r['machine']}; `{r['command']}`.\n"
+    )
+
+
 def model_card_table(record: dict) -> str:
     """What the evaluated model file says of itself: its card's provenance, as its training wrote it."""
     p = record["model"]
@@ -588,6 +640,7 @@ BLOCKS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "reference_compare_1thread": ("reference_compare_1thread.json", reference_compare_table),
     "gpu_check": ("gpu_check.json", gpu_check_table),
     "generalisation": ("generalisation.json", generalisation_table),
+    "downstream": ("downstream.json", downstream_table),
     "model_card": ("generalisation.json", model_card_table),
     "ddpm_selection": ("ddpm_selection.json", ddpm_selection_table),
     "denoising": ("denoising.json", denoising_table),
@@ -598,6 +651,8 @@ BLOCKS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "interplane": ("interplane.json", interplane_table),
     "volumetric": ("volumetric.json", volumetric_table),
     "scale_cpu": ("scale_cpu.json", scale_cpu_table),
+    "deploy_latency": ("deploy_latency.json", deploy_latency_table),
+    "pacs_burst": ("pacs_burst.json", pacs_burst_table),
 }
 
 

@@ -77,20 +77,34 @@ def test_downstream_benchmark(data_dir, small_datalist, tiny_model, tmp_path):
     from downstream import main
 
     main(
-        ckpt=str(tiny_model),
+        ckpt_path=str(tiny_model),
         out_dir=str(tmp_path),
+        work_dir=str(tmp_path / "runs"),
         num_steps=1,
         seg_iterations=2,
         cls_iterations=2,
         seeds=(0, 1),
-        overrides=_overrides(data_dir, small_datalist),
+        **_overrides(data_dir, small_datalist),
     )
-    summary = json.loads((tmp_path / "downstream.json").read_text())
-    assert summary["train_cases"] == 8 and summary["test_cases"] == 4 and summary["seeds"] == [0, 1]
-    for task in ("segmenter", "classifier"):
-        assert set(summary["results"][task]) == {"real", "synthetic", "real + synthetic"}
-        assert all(0 <= r["mean"] <= 1 and r["std"] >= 0 for r in summary["results"][task].values())
-    assert (tmp_path / "downstream.md").read_text().count("\n| ") == 3  # a row per training set
+    record = json.loads((tmp_path / "downstream.json").read_text())
+    assert record["seeds"] == [0, 1] and record["test_cases"] == 4
+    assert [(r["trained_on"], r["cases"]) for r in record["rows"]] == [
+        ("real", 8),
+        ("flow", 8),
+        ("real + flow", 16),
+        ("tissue means", 8),
+    ]
+    real = json.loads(small_datalist.read_text())["training"]
+    for method in ("flow", "tissue_means"):  # one synthetic image per real training mask, with its class
+        made = json.loads((tmp_path / "runs" / method / "datalist.json").read_text())["training"]
+        assert [c["class"] for c in made] == [c["class"] for c in real]
+    for row in record["rows"]:
+        m = row["metrics"]
+        for key in ("segmenter_dice", "classifier_accuracy"):
+            lo, hi = m["ci95"][key]
+            assert 0 <= lo <= m[key] <= hi <= 1 and m["seed_std"][key] >= 0
+    assert (tmp_path / "downstream.md").read_text().count("\n| ") == 4  # a row per training set
+    assert (tmp_path / "downstream.png").stat().st_size > 0
 
 
 def test_generalisation_benchmark(data_dir, small_datalist, tiny_model, segmenter, tmp_path):

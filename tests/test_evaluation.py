@@ -163,7 +163,9 @@ def test_downstream_networks_train_score_and_reload(small_datalist, tmp_path):
     for task, outputs in (("segmenter", 4), ("classifier", 3)):
         net = downstream.train(task, cases, [16, 16], outputs, rng, num_labels=4, iterations=4, batch_size=4)
         score = downstream.score(task, net, cases, transforms, outputs)
-        assert 0 <= score <= 1
+        per_case = downstream.scores_per_case(task, net, cases, transforms, outputs)
+        assert per_case.shape == (len(cases),) and float(per_case.nanmean()) == pytest.approx(score)
+        assert 0 <= score <= 1 and (task == "segmenter" or set(per_case.tolist()) <= {0.0, 1.0})
         path = str(tmp_path / f"{task}.pt")
         downstream.save(path, task, net, [16, 16], outputs, rng)
         again = downstream.load(path, task, [16, 16], outputs)

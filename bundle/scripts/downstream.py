@@ -20,7 +20,7 @@ from torch import nn
 from .batches import without_meta
 from .checkpoint import ModelCard, load_model, save_model
 from .data import input_transforms, load_images
-from .metrics import mask_dice
+from .metrics import dice_per_case
 from .training import seed_all
 
 TASKS = {"segmenter": "label", "classifier": "class"}  # task -> the case key it predicts
@@ -94,12 +94,18 @@ def predict(network: nn.Module, images: torch.Tensor, batch_size: int = 32) -> t
     return out.argmax(1, keepdim=out.dim() > 2)
 
 
-def score(task: str, network: nn.Module, cases: Sequence[dict], transforms, num_outputs: int) -> float:
-    """Mean foreground Dice (segmenter) or accuracy (classifier) of ``network`` on ``cases``."""
+def scores_per_case(task: str, network: nn.Module, cases: Sequence[dict], transforms, num_outputs: int) -> torch.Tensor:
+    """Foreground Dice (segmenter; nan where a case and its prediction have no foreground) or 1/0 for a right/wrong
+    class (classifier) of ``network`` on each of ``cases``: (N,)."""
     predicted = predict(network, load_images(cases, transforms))
     if task == "segmenter":
-        return mask_dice(load_images(cases, transforms, key="label"), predicted, num_outputs)
-    return float((predicted == torch.tensor([int(c["class"]) for c in cases])).float().mean())
+        return dice_per_case(load_images(cases, transforms, key="label"), predicted, num_outputs)
+    return (predicted == torch.tensor([int(c["class"]) for c in cases])).float()
+
+
+def score(task: str, network: nn.Module, cases: Sequence[dict], transforms, num_outputs: int) -> float:
+    """Mean foreground Dice (segmenter) or accuracy (classifier) of ``network`` on ``cases``."""
+    return float(torch.nanmean(scores_per_case(task, network, cases, transforms, num_outputs)))
 
 
 def encoder_levels(segmenter: nn.Module) -> list[nn.Module]:

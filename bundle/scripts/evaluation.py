@@ -86,13 +86,7 @@ def _set_statistic_with_ci(
 
 def _mean_with_ci(values: dict, name: str, per_case: torch.Tensor, draws: int) -> None:
     """``values[name]``: the mean of per-case values (N,), with its bootstrap interval over cases in ``ci95``."""
-    per_case = per_case.double()
-    _with_ci(
-        values,
-        name,
-        float(per_case.mean()),
-        metrics.bootstrap_ci(lambda i: float(per_case[i].mean()), len(per_case), draws),
-    )
+    _with_ci(values, name, *metrics.mean_with_ci(per_case, draws))
 
 
 def slice_stacks(cases: Sequence[Mapping], min_slices: int = 3) -> tuple[list[list[int]], str | None]:

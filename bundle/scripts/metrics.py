@@ -99,6 +99,12 @@ def bootstrap_ci(
     return [float(v) for v in np.percentile(values, [tail, 100 - tail])]
 
 
+def mean_with_ci(per_case: torch.Tensor, draws: int = 200) -> tuple[float, list[float]]:
+    """The mean of per-case values (N,), nan ones left out, and its bootstrap interval over those cases."""
+    values = per_case[torch.isfinite(per_case)].double()
+    return float(values.mean()), bootstrap_ci(lambda i: float(values[i].mean()), len(values), draws)
+
+
 def intensity_values(images: torch.Tensor) -> np.ndarray:
     """All intensities of a set of images, flattened."""
     return images.detach().cpu().numpy().ravel()
