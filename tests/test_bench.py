@@ -97,7 +97,7 @@ def test_downstream_benchmark(data_dir, small_datalist, tiny_model, tmp_path):
     real = json.loads(small_datalist.read_text())["training"]
     for method in ("flow", "tissue_means"):  # one synthetic image per real training mask, with its class
         made = json.loads((tmp_path / "runs" / method / "datalist.json").read_text())["training"]
-        assert [c["class"] for c in made] == [c["class"] for c in real]
+        assert [(c["class"], c["subject"]) for c in made] == [(c["class"], c["subject"]) for c in real]
     for row in record["rows"]:
         m = row["metrics"]
         for key in ("segmenter_dice", "classifier_accuracy"):

@@ -51,12 +51,15 @@ def unconditional_cases(num_samples: int) -> list[dict]:
 
 
 def case_entry(case: Mapping) -> dict:
-    """A case's entry in the generated datalist, with paths relative to ``output_dir``."""
+    """A case's entry in the generated datalist, with paths relative to ``output_dir``: its image, label and class,
+    and the subject whose mask it was made from (so real and generated cases mix in one datalist)."""
     entry = {"image": f"images/{case['id']}.nii.gz"}
     if "label" in case:
         entry["label"] = f"labels/{case['id']}.nii.gz"
     if "class" in case:
         entry["class"] = int(case["class"])
+    if "subject" in case:
+        entry["subject"] = str(case["subject"])
     return entry
 
 
