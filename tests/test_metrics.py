@@ -13,6 +13,7 @@ from scripts.metrics import (
     frechet_distance,
     hist_wasserstein,
     mask_dice,
+    mean_with_ci,
     mmd,
     ms_ssim_diversity,
     psnr_per_case,
@@ -92,6 +93,13 @@ def test_bootstrap_interval_covers_the_mean_and_shrinks_with_more_cases():
     assert lo < float(small.mean()) < hi
     lo2, hi2 = bootstrap_ci(lambda i: float(large[i].mean()), len(large))
     assert hi2 - lo2 < (hi - lo) / 4
+
+
+def test_mean_with_ci_leaves_out_nan_cases_and_gives_nan_when_none_is_left():
+    value, (lo, hi) = mean_with_ci(torch.tensor([0.2, math.nan, 0.4, 0.6], dtype=torch.float64))
+    assert value == pytest.approx(0.4) and 0.2 <= lo <= value <= hi <= 0.6
+    value, interval = mean_with_ci(torch.tensor([math.nan, math.nan]))
+    assert math.isnan(value) and all(math.isnan(v) for v in interval)
 
 
 def test_set_statistic_interval_is_shifted_off_the_bias_of_repeated_cases():

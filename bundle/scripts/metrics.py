@@ -88,6 +88,8 @@ def bootstrap_ci(
     raises a Frechet distance's small-sample bias, and a repeated case meets itself in MMD's within-set sums, so the
     plain interval sits above the value on all cases, at times wholly. The shifted one keeps the replicates' spread.
     """
+    if n == 0:
+        return [math.nan, math.nan]
     g = torch.Generator().manual_seed(seed)
     values = np.array([statistic(torch.randint(0, n, (n,), generator=g)) for _ in range(draws)], dtype=np.float64)
     values = values[np.isfinite(values)]
@@ -100,9 +102,12 @@ def bootstrap_ci(
 
 
 def mean_with_ci(per_case: torch.Tensor, draws: int = 200) -> tuple[float, list[float]]:
-    """The mean of per-case values (N,), nan ones left out, and its bootstrap interval over those cases."""
-    values = per_case[torch.isfinite(per_case)].double()
-    return float(values.mean()), bootstrap_ci(lambda i: float(values[i].mean()), len(values), draws)
+    """The mean of per-case values (N,), nan ones left out, and its bootstrap interval over those cases (nan where
+    none is left)."""
+    values = per_case[~torch.isnan(per_case)].double()
+    return float(values.mean()) if len(values) else math.nan, bootstrap_ci(
+        lambda i: float(values[i].mean()), len(values), draws
+    )
 
 
 def intensity_values(images: torch.Tensor) -> np.ndarray:
