@@ -22,7 +22,7 @@ from pathlib import Path
 
 import fire
 import torch
-from records import ROOT, generator, publish, run_info, workflow
+from records import ROOT, cli_list, generator, publish, run_info, workflow
 from tables import downstream_table
 
 from scripts import downstream
@@ -57,7 +57,7 @@ def main(
     """
     start = time.perf_counter()
     out, work = Path(out_dir).resolve(), Path(work_dir).resolve()
-    seeds = tuple(int(s) for s in (seeds if isinstance(seeds, (tuple, list)) else (seeds,)))
+    seeds = tuple(int(s) for s in cli_list(seeds))
     settings = {"ckpt_path": ckpt_path, "num_steps": num_steps, **overrides}
     synthetic = {}
     for name, method in GENERATORS.items():
