@@ -6,8 +6,9 @@
 
 - throughput: images per second of one process, training (the bundle's train config: the second of two epochs of
   ``--iterations`` steps, data loading and handlers included) and generating (the inference config at 10 Euler
-  NFE: 1 / seconds_per_sample of info.json), with untrained weights of the bundle's architecture. Under torchrun
-  each GPU runs one such process;
+  NFE on the variant's test split: 1 / seconds_per_sample of info.json), with untrained weights of the bundle's
+  architecture; writes ``scale_throughput.json`` and its table (``.md``). Under torchrun each GPU runs one such
+  process;
 - memory: the largest cube side (a multiple of 16) that trains at batch 1, 2 and 4 with and without activation
   checkpointing, per GPU memory size. On CUDA it is measured: the peak ``torch.cuda.max_memory_allocated`` of two
   mixed-precision training steps (AdamW, EMA copy, channels-last), with the process limited to each size by
@@ -23,13 +24,11 @@
   (Linux) process: its peak resident memory, reset once the imports are done, over its resident memory before the
   network exists is the measured peak.
 
-Each writes ``<out>/<name>.json`` and prints a Markdown table.
+Each prints its result and writes it to ``<out>/scale_<name>.json``; throughput writes its table as ``.md`` too.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import re
 import tempfile
 import time
@@ -41,7 +40,8 @@ from pathlib import Path
 import fire
 import torch
 from monai.bundle import ConfigParser, ConfigWorkflow
-from records import ROOT, cli_list, machine, run_info, save
+from records import ROOT, cli_list, machine, publish, run_info, save
+from tables import scale_throughput_table
 
 from scripts.checkpoint import save_model
 from scripts.sampler import FlowSampler
@@ -53,16 +53,6 @@ SIDES = range(32, 513, 16)
 CUDA_CONTEXT_GIB = 0.5  # what a CUDA process holds before its first tensor, counted into every GPU peak
 
 
-def _datalist(variant: str, folder: Path, copies: int) -> str:
-    """The bundle's datalist; for 3D its one volume repeated ``copies`` times in every split (to fill a batch)."""
-    if not variant.endswith("3d"):
-        return str(DATA / "datalist_2d.json")
-    content = json.loads((DATA / "datalist_3d.json").read_text())
-    path = folder / "datalist_3d.json"
-    path.write_text(json.dumps({split: content[split] * copies for split in ("training", "validation", "test")}))
-    return str(path)
-
-
 def _workflow(configs: list[str], **overrides) -> ConfigWorkflow:
     files = [str(CONFIGS / c) for c in configs]
     workflow = ConfigWorkflow(config_file=files, workflow_type=None, logging_file=False, **overrides)
@@ -70,13 +60,18 @@ def _workflow(configs: list[str], **overrides) -> ConfigWorkflow:
     return workflow
 
 
-def throughput(variants: str = "mask_class_2d,mask_3d", iterations: int = 4, out: str = "results/scale") -> None:
-    """Training and generation images per second of one process, per variant (default image size and batch)."""
+def throughput(
+    variants: str = "mask_class_2d,mask_3d", iterations: int = 4, out: str = "results/scale", **overrides
+) -> dict:
+    """Training and generation images per second of one process, per variant (default image size and batch, the
+    variant's data; ``overrides``: bundle config overrides). Writes ``<out>/scale_throughput.json`` and its table
+    (``.md``); returns the record."""
+    start = time.perf_counter()
     rows = []
     for variant in cli_list(variants):
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
-            common = {"dataset_dir": str(DATA), "datalist": _datalist(variant, folder, copies=8)}
+            common = {"dataset_dir": str(DATA), **overrides}
             train = _workflow(
                 ["train.json", f"variants/{variant}.json"],
                 **common,
@@ -109,17 +104,15 @@ def throughput(variants: str = "mask_class_2d,mask_3d", iterations: int = 4, out
                     "batch_size": parser["batch_size"],
                     "train_images_per_second": float(f"{trainer.state.metrics['images_per_second']:.3g}"),
                     "generate_images_per_second": float(f"{1 / info['seconds_per_sample']:.3g}"),
+                    "generated": info["generated"],
                     "nfe": info["nfe"],
                     "device": info["device"],
                 }
             )
-    header = "| variant | image size | batch | training images/s | generation images/s (10 NFE) | device |"
-    lines = [header, "|---|---|---|---|---|---|"] + [
-        f"| {r['variant']} | {'x'.join(map(str, r['image_size']))} | {r['batch_size']} | "
-        f"{r['train_images_per_second']} | {r['generate_images_per_second']} | {r['device']} |"
-        for r in rows
-    ]
-    _report(out, "throughput", rows, lines)
+    record = {**run_info("scale"), "benchmark": "scale_throughput", "iterations": iterations, "rows": rows}
+    record["seconds"] = round(time.perf_counter() - start, 1)
+    publish(record, out, scale_throughput_table)
+    return record
 
 
 def _network(variant: str, checkpointing: bool, device: str | torch.device):
@@ -226,7 +219,11 @@ def memory(variants: str = "mask_3d,uncond_3d", gpu_gib: str = "24,40,80,141", o
         + " |"
         for r in rows
     ]
-    _report(out, "memory", rows, lines, method=method)
+    print("\n".join(lines))
+    save(
+        {**run_info("scale"), "benchmark": "scale_memory", "method": method, "rows": rows},
+        str(Path(out) / "scale_memory.json"),
+    )
 
 
 def _status_gib(field: str) -> float:
@@ -293,13 +290,6 @@ def cpu(
     record["seconds"] = round(time.perf_counter() - start, 1)
     save(record, str(Path(out) / "scale_cpu.json"))
     return record
-
-
-def _report(out: str, name: str, rows: list, lines: list[str], **extra) -> None:
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, f"{name}.json"), "w") as f:
-        json.dump({"machine": machine(), **extra, "rows": rows}, f, indent=1)
-    print("\n".join(lines))
 
 
 if __name__ == "__main__":

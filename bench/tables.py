@@ -411,6 +411,26 @@ def scale_cpu_table(record: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def scale_throughput_table(record: dict) -> str:
+    """Training and generation images per second of one process per variant (see ``bench/scale.py throughput``)."""
+    lines = [
+        "| variant | image size | batch | training images/s | generation images/s (10 NFE) | device |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in record["rows"]:
+        lines.append(
+            f"| {r['variant']} | {'x'.join(map(str, r['image_size']))} | {r['batch_size']} | "
+            f"{r['train_images_per_second']} | {r['generate_images_per_second']} | {r['device']} |"
+        )
+    lines += [
+        "",
+        f"Training: the second of two epochs of {record['iterations']} iterations, data loading and handlers "
+        f"included; generation: the variant's test split ({', '.join(str(r['generated']) for r in record['rows'])} "
+        f"cases), untrained weights; {record['machine']}; `{record['command']}`, {record['seconds']} s.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def few_step_table(record: dict) -> str:
     """The few-step frontier (see bench/few_step.py): every model and sampler setting, then the goal: each model at 1
     and 2 NFE against the base at 10 Euler NFE, within 10% on feature FD and mask Dice."""
@@ -649,6 +669,7 @@ BLOCKS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "interplane": ("interplane.json", interplane_table),
     "volumetric": ("volumetric.json", volumetric_table),
     "scale_cpu": ("scale_cpu.json", scale_cpu_table),
+    "scale_throughput": ("scale_throughput.json", scale_throughput_table),
     "deploy_latency": ("deploy_latency.json", deploy_latency_table),
     "pacs_burst": ("pacs_burst.json", pacs_burst_table),
 }
