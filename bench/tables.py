@@ -20,6 +20,7 @@ import json
 import re
 import sys
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import fire
@@ -310,15 +311,15 @@ def _claim(
     return f"Flow (Euler, {nfe} NFE) against DDPM ({solver}, {steps} steps): " + "; ".join([*verdicts, timing]) + "."
 
 
-def sampling_table(record: dict) -> str:
-    """Flow against the DDPM baseline at each sampler setting (see bench/sampling.py), then the claim's goals
-    (``CLAIMS``), each metric met or not."""
+def sampling_table(record: dict, methods: tuple[str, ...] = ("flow", "ddpm")) -> str:
+    """The rows of ``methods`` at each sampler setting (see bench/sampling.py), then the claim's goals (``CLAIMS``),
+    each metric met or not."""
     lines = [
         "| method | solver | NFE | feature FD | KID | MMD | mask Dice (real images) | hist W1 | conditional MS-SSIM "
         "| SSIM | PSNR | s / sample |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in record["rows"]:
+    for r in (r for r in record["rows"] if r["method"] in methods):
         lines.append(
             f"| {r['method']} | {r['solver']} | {r['nfe']} | {_value(r, 'fd_segmenter_features')} "
             f"| {_value(r, 'kid_segmenter_features', 4)} | {_value(r, 'mmd')} "
@@ -663,6 +664,7 @@ BLOCKS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "ddpm_selection": ("ddpm_selection.json", ddpm_selection_table),
     "denoising": ("denoising.json", denoising_table),
     "sampling": ("sampling.json", sampling_table),
+    "sampling_linear_ddpm": ("sampling_linear_ddpm.json", partial(sampling_table, methods=("ddpm",))),
     "training": ("sampling.json", training_table),
     "guidance": ("guidance.json", guidance_table),
     "few_step": ("few_step.json", few_step_table),
