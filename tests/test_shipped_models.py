@@ -93,8 +93,8 @@ def cards(*names: str) -> list[dict]:
 @pytest.mark.parametrize("flow_file, ddpm_file", [("model.pt", "model_ddpm.pt"), ("model_3d.pt", "model_ddpm_3d.pt")])
 def test_the_ddpm_baseline_was_trained_like_the_flow_model(flow_file, ddpm_file):
     """The same network, image size, training data, iterations and training settings. The data: one datalist (by
-    its SHA-256) and case count throughout, and the files of one model's builds among the other's (the generated
-    files differ in bytes between CPU types, and a card records each build it trained on)."""
+    its SHA-256) and case count throughout, and the files of one model's builds among the other's (a rebuild of the
+    generated data on another CPU type came out different in bytes, and a card records each build it trained on)."""
     flow, ddpm = cards(flow_file, ddpm_file)
     assert (flow["method"], ddpm["method"]) == ("flow", "ddpm")
     assert ddpm["network"] == flow["network"] and ddpm["image_size"] == flow["image_size"]
