@@ -23,16 +23,22 @@ from monai.transforms import (
     Orientationd,
     RandAffined,
     RandFlipd,
+    RandSpatialCropd,
     ResampleToMatch,
     Resized,
     ResizeWithPadOrCropd,
     ScaleIntensityRange,
     ScaleIntensityRanged,
     ScaleIntensityRangePercentiles,
+    SpatialPadd,
 )
 from monai.utils import convert_to_tensor
 
 KEYS = ("image", "label")
+# training augmentations: "affine" (flip + small rotation/scaling, resampled bilinearly: low-passes the targets),
+# "flip_shift" (flip + integer shifts: no resampling, targets stay as sharp as the data), "flip", "none"
+AUGMENTATIONS = ("none", "flip", "flip_shift", "affine")
+MAX_SHIFT = 4  # pixels (voxels) of "flip_shift"
 MODEL_RANGE = (-1.0, 1.0)  # intensities the model sees
 PERCENTILES = (0.5, 99.5)  # the robust intensity range of images
 
@@ -147,7 +153,7 @@ def input_transforms(
     image_size: Sequence[int],
     num_labels: int,
     intensity_range: Sequence[float] | None,
-    augment: bool = False,
+    augment: str = "none",
 ) -> Compose:
     """Loads a case's files (image, label; both optional) and applies ``model_transforms``, in one flat ``Compose``
     so that a ``CacheDataset`` caches everything before the first random transform."""
@@ -159,12 +165,14 @@ def model_transforms(
     image_size: Sequence[int],
     num_labels: int,
     intensity_range: Sequence[float] | None,
-    augment: bool = False,
+    augment: str = "none",
 ) -> Compose:
     """Brings loaded MetaTensors {image?, label?} (C, *spatial) to the model: check, orient (RAS), resize the
     longest side to the model's and pad/crop to ``image_size``, scale intensities from ``intensity_range`` to
-    [-1, 1] (clipped). With ``augment``, a random left-right flip and a small random affine (training only).
+    [-1, 1] (clipped). ``augment`` (training only) is one of ``AUGMENTATIONS``.
     """
+    if augment not in AUGMENTATIONS:
+        raise ValueError(f"augment must be one of {AUGMENTATIONS}, got {augment!r}")
     spatial_dims = len(image_size)
     linear = "bilinear" if spatial_dims == 2 else "trilinear"
     # labels are resampled as one-hot maps with the image's own interpolation and anti-aliasing, then argmax'd:
@@ -189,9 +197,16 @@ def model_transforms(
         ),
         ResizeWithPadOrCropd(KEYS, tuple(image_size), allow_missing_keys=True),
     ]
-    if augment:
+    if augment != "none":
+        xforms.append(RandFlipd(KEYS, prob=0.5, spatial_axis=0, allow_missing_keys=True))
+    if augment == "flip_shift":
+        padded = [s + 2 * MAX_SHIFT for s in image_size]
         xforms += [
-            RandFlipd(KEYS, prob=0.5, spatial_axis=0, allow_missing_keys=True),
+            SpatialPadd(KEYS, padded, mode="edge", allow_missing_keys=True),
+            RandSpatialCropd(KEYS, tuple(image_size), random_size=False, allow_missing_keys=True),
+        ]
+    if augment == "affine":
+        xforms.append(
             RandAffined(
                 KEYS,
                 prob=0.5,
@@ -200,8 +215,8 @@ def model_transforms(
                 mode=(linear, linear if num_labels else "nearest"),  # grid_sample's nearest is centre-aligned
                 padding_mode="border",
                 allow_missing_keys=True,
-            ),
-        ]
+            )
+        )
     if num_labels:
         xforms.append(AsDiscreted("label", argmax=True, allow_missing_keys=True))
     if intensity_range is not None:

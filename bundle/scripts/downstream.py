@@ -64,7 +64,7 @@ def train(
     seed_all(seed)
     target = TASKS[task]
     network = build(task, image_size, num_outputs).to(device)
-    transforms = input_transforms(image_size, num_labels, intensity_range, augment=True)
+    transforms = input_transforms(image_size, num_labels, intensity_range, augment="affine")
     dataset = CacheDataset(list(cases), transforms, progress=False)
     loader = DataLoader(dataset, batch_size=min(batch_size, len(dataset)), shuffle=True, drop_last=True)
 
