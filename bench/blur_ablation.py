@@ -2,9 +2,10 @@
 
 Each arm trains the shipped 2D recipe (``train.json``, mask + class conditioned) for the same number of epochs with one
 change (``ARMS``): from scratch, or as a fine-tune of the shipped model (cheap on a CPU, and it shows what moves the
-sharpness of a model that has already learned the anatomy). Then each samples the test split at 10 Euler NFE through the bundle's inference and
-evaluation configs; the record keeps each arm's metrics (sharpness, contrast diversity, texture and segmenter feature
-distances, mask Dice, with their intervals), its training seconds (the arm's cost) and a picture of its samples.
+sharpness of a model that has already learned the anatomy). Then each samples the test split at 10 Euler NFE through
+the bundle's inference and evaluation configs; the record keeps each arm's metrics (sharpness, contrast diversity,
+texture and segmenter feature distances, mask Dice, with their intervals), its training seconds (the arm's cost) and a
+picture of its samples.
 
 Arms train in ``work_dir/<arm>`` and resume where they stopped when the command is run again; a finished arm is
 reused. ``--arms`` picks some; ``--threads`` sets torch's threads of this process (two processes of one thread each
@@ -16,13 +17,17 @@ use two cores better than one of two).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import fire
+import nibabel as nib
 import torch
-from records import ROOT, cli_list, workflow
+from records import ROOT, cli_list, one_batch, run_info, save, test_subset, workflow
+from sampling import resumable_sample_and_evaluate
 
 from scripts.checkpoint import read_checkpoint
+from scripts.visualize import save_grid
 
 SHIPPED = str(ROOT / "bundle" / "models" / "model.pt")
 # from scratch: the shipped recipe (flip + bilinear affine, uniform t, ControlNet, velocity loss, EMA 0.999) and
@@ -52,5 +57,42 @@ def train(arms: str = ",".join(ARMS), work_dir: str = "runs/blur_ablation", epoc
         workflow(["train.json"], output_dir=str(Path(work_dir) / arm), **overrides, **ARMS[arm]).run()
 
 
+SETTING = {"method": "flow", "solver": "euler", "num_steps": 10, "nfe": 10}
+PICTURED = 6  # test cases in the picture
+
+
+def evaluate(
+    arms: str = ",".join(ARMS),
+    work_dir: str = "runs/blur_ablation",
+    out_dir: str = "results/blur_ablation",
+    case_stride: int = 4,
+) -> dict:
+    """Samples the test split (every ``case_stride``-th case) with each trained arm and the shipped model at
+    ``SETTING``; writes ``blur_ablation.json`` and ``blur_ablation.png`` (a few cases' samples, one row per arm)."""
+    work = Path(work_dir).resolve()
+    models = {"shipped": SHIPPED} | {arm: str(work / arm / "model.pt") for arm in cli_list(arms)}
+    overrides = one_batch(test_subset({}, case_stride, work), SHIPPED)
+    rows, pictures = [], []
+    for name, ckpt in models.items():
+        if not Path(ckpt).is_file():
+            print(f"{name}: not trained yet, left out")
+            continue
+        row = resumable_sample_and_evaluate(SETTING, ckpt, work / "samples" / name, overrides)
+        provenance = read_checkpoint(ckpt)["card"]["provenance"]
+        rows.append({"arm": name, **ARMS.get(name, {}), **row, "training": _cost(provenance)})
+        images = sorted((work / "samples" / name / "images").glob("*.nii.gz"))[:PICTURED]
+        pictures.append((name, [torch.as_tensor(nib.load(f).get_fdata()).float()[None] for f in images]))
+    record = {**run_info("blur_ablation"), "setting": SETTING, "case_stride": case_stride, "rows": rows}
+    os.makedirs(out_dir, exist_ok=True)
+    save(record, os.path.join(out_dir, "blur_ablation.json"))
+    save_grid(os.path.join(out_dir, "blur_ablation.png"), pictures)
+    return record
+
+
+def _cost(provenance: dict) -> dict:
+    """What an arm's training cost: iterations, epochs and seconds, from its card."""
+    return {k: provenance.get(k) for k in ("iterations", "epochs", "training_seconds")}
+
+
 if __name__ == "__main__":
-    fire.Fire({"train": train})
+    fire.Fire({"train": train, "evaluate": evaluate})
