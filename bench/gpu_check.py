@@ -56,7 +56,7 @@ from records import ROOT, cli_list, machine, workflow  # noqa: E402
 from tables import gpu_check_table  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from scripts.flow import TIME_SCALE, interpolate  # noqa: E402
+from scripts.flow import FlowPath  # noqa: E402
 from scripts.networks import ConditionalUNet  # noqa: E402
 from scripts.sampler import FlowSampler  # noqa: E402
 
@@ -205,7 +205,7 @@ def inputs_2d(batch: int, side: int, device: torch.device, seed: int = 0) -> tup
     """Images (B, 1, side, side), timesteps (B,) and mask + class conditions."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, 1, side, side, generator=g)
-    t = torch.rand(batch, generator=g) * TIME_SCALE
+    t = FlowPath.timesteps(torch.rand(batch, generator=g))
     cond = {"mask": torch.randint(0, 4, (batch, 1, side, side), generator=g), "cls": torch.randint(0, 3, (batch,))}
     return x.to(device), t.to(device), {k: v.to(device) for k, v in cond.items()}
 
@@ -423,8 +423,8 @@ def ddp_losses(sizes: Sizes, device: torch.device, global_batch: int) -> list[fl
         x1, x0 = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
         t = torch.rand(global_batch, generator=g)
         mask, cls = torch.randint(0, 4, shape, generator=g), torch.randint(0, 3, (global_batch,), generator=g)
-        x_t, target = interpolate(x0, x1, t)[mine].to(device), (x1 - x0)[mine].to(device)
-        out = model(x_t, (t * TIME_SCALE)[mine].to(device), mask=mask[mine].to(device), cls=cls[mine].to(device))
+        x_t, target = FlowPath.interpolate(x0, x1, t)[mine].to(device), FlowPath.target(x0, x1)[mine].to(device)
+        out = model(x_t, FlowPath.timesteps(t)[mine].to(device), mask=mask[mine].to(device), cls=cls[mine].to(device))
         loss = F.mse_loss(out, target)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -5,16 +5,16 @@ import torch
 
 from scripts.batches import GenerativePrepareBatch
 from scripts.diffusion import DDPM_SCHEDULE, DDPMPath
-from scripts.flow import TIME_SCALE, FlowPath, interpolate, sample_times
+from scripts.flow import TIME_SCALE, FlowPath, sample_times
 
 
 def test_interpolate_endpoints_and_midpoint():
     x0, x1 = torch.randn(3, 1, 4, 4), torch.randn(3, 1, 4, 4)
-    assert torch.equal(interpolate(x0, x1, torch.zeros(3)), x0)
-    assert torch.allclose(interpolate(x0, x1, torch.ones(3)), x1)
-    assert torch.allclose(interpolate(x0, x1, torch.full((3,), 0.5)), (x0 + x1) / 2)
+    assert torch.equal(FlowPath.interpolate(x0, x1, torch.zeros(3)), x0)
+    assert torch.allclose(FlowPath.interpolate(x0, x1, torch.ones(3)), x1)
+    assert torch.allclose(FlowPath.interpolate(x0, x1, torch.full((3,), 0.5)), (x0 + x1) / 2)
     t = torch.tensor([0.0, 0.25, 1.0])
-    out = interpolate(x0, x1, t)
+    out = FlowPath.interpolate(x0, x1, t)
     for i in range(3):  # each case at its own time
         assert torch.allclose(out[i], (1 - t[i]) * x0[i] + t[i] * x1[i])
 
@@ -29,6 +29,20 @@ def test_flow_path_target_is_the_straight_velocity():
     assert torch.allclose(x_t + (1 - t) * target, x1, atol=1e-5)
     x0 = x_t - t * target
     assert abs(x0.mean()) < 0.1 and abs(x0.std() - 1) < 0.1
+    assert torch.equal(FlowPath.time(timesteps), timesteps / TIME_SCALE)
+    assert torch.allclose(FlowPath.clean_estimate(x_t, t.view(-1), target), x1, atol=1e-5)
+
+
+def test_a_noisy_image_is_placed_where_the_path_carries_its_noise():
+    torch.manual_seed(0)
+    x1, sigma = torch.randn(2, 1, 64, 64), 0.5
+    x_t, t = FlowPath.place(x1 + sigma * torch.randn_like(x1), sigma)
+    assert t == FlowPath.noise_time(sigma) == pytest.approx(2 / 3)
+    # x_t = t x1 + (1 - t) x0 with x0 ~ N(0, 1): the residual carries unit noise
+    assert abs(float(((x_t - t * x1) / (1 - t)).std()) - 1) < 0.03
+    assert FlowPath.noise_time(0.0) == 1.0
+    with pytest.raises(ValueError, match="sigma"):
+        FlowPath.noise_time(-0.1)
 
 
 @pytest.mark.parametrize("schedule", ["uniform", "logit_normal"])

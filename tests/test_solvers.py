@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from scripts.diffusion import DiffusionSampler
-from scripts.flow import TIME_SCALE
+from scripts.flow import TIME_SCALE, FlowPath
 from scripts.networks import ConditionalUNet
-from scripts.sampler import FlowSampler, case_noise, flow_time, predict
+from scripts.sampler import FlowSampler, case_noise, predict
 from scripts.solvers import SOLVERS, TABLEAUS, evaluations_per_step, integrate
 
 # one step of each method on dx/dt = x multiplies x by its stability polynomial in h
@@ -111,14 +111,11 @@ def test_denoise_starts_on_the_flow_at_the_noise_time():
     net = _net()
     noisy = torch.randn(1, 1, 16, 16)
     out, nfe = FlowSampler("euler", 1).denoise(net, noisy, sigma=1.0)
-    t = flow_time(1.0)
+    t = FlowPath.noise_time(1.0)
     with torch.no_grad():
         expected = t * noisy + (1 - t) * net(t * noisy, torch.full((1,), t * TIME_SCALE))
     assert t == 0.5 and nfe == 1
     assert torch.allclose(out, expected, atol=1e-6)
-    assert flow_time(0.0) == 1.0
-    with pytest.raises(ValueError):
-        flow_time(-0.1)
 
 
 def test_dopri5_tolerances_reach_the_sampler_from_the_config():

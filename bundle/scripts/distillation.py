@@ -30,7 +30,7 @@ from torch import nn
 
 from .batches import GenerativePrepareBatch
 from .checkpoint import ModelCard, load_model
-from .flow import TIME_SCALE, expand_like
+from .flow import FlowPath, expand_like
 from .solvers import TABLEAUS, integrate
 from .training import EMA, unwrap
 
@@ -81,10 +81,10 @@ def velocity_target(
         start, end = expand_like(t, x_t), expand_like(t_next, x_t)
 
         def velocity(net: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-            return lambda x, s: net(x, s.reshape(-1) * TIME_SCALE, **cond).to(x.dtype)
+            return lambda x, s: net(x, FlowPath.timesteps(s.reshape(-1)), **cond).to(x.dtype)
 
         x_next, _ = integrate(velocity(teacher), x_t, start, end, solver, num_steps=1)  # per-case times
-        image = x_next + (1.0 - end) * velocity(target)(x_next, end)  # f_target(x_t', t')
+        image = FlowPath.clean_estimate(x_next, end, velocity(target)(x_next, end))  # f_target(x_t', t')
         image = torch.where(end < 1.0, image, x_next)  # f(x, 1) = x, whatever the network gives at t = 1
         return (image - x_t) / (1.0 - start).clamp(min=1e-6)
 
@@ -136,7 +136,7 @@ class ConsistencyPrepareBatch(GenerativePrepareBatch):
     ) -> tuple[torch.Tensor, torch.Tensor, tuple, dict]:
         x_t, _, args, inputs = super().__call__(batchdata, device, non_blocking, **kwargs)
         cond = {key: value for key, value in inputs.items() if key != "timesteps"}
-        t = inputs["timesteps"] / TIME_SCALE
+        t = FlowPath.time(inputs["timesteps"])
         autocast = (
             torch.autocast(x_t.device.type, dtype=self.autocast_dtype)
             if self.autocast_dtype is not None

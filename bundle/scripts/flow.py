@@ -1,9 +1,10 @@
-"""The MOTFM training target: the optimal-transport flow path.
+"""The MOTFM training target and its algebra: the optimal-transport flow path.
 
-``FlowPath`` turns clean images ``x1`` (B, C, *spatial) into a network input ``x_t``, the network's timesteps
-(MONAI's 0..1000 scale) and the target velocity; ``batches.GenerativePrepareBatch`` feeds that to MONAI's
-``SupervisedTrainer`` with the conditions, so the trainer's plain MSE loss trains the model. The DDPM baseline's
-path is ``diffusion.DDPMPath``.
+``FlowPath`` owns every formula of the straight path from noise x0 (t = 0) to an image x1 (t = 1): the point
+x_t, the target velocity, the network's timesteps (MONAI's 0..1000 scale), the time at which an image carrying noise
+of a given std lies on the path, the clean estimate a velocity implies, and the sampling grid. Training
+(``batches.GenerativePrepareBatch``), the sampler, denoising and distillation take it, as MONAI's schedulers own
+both directions of the DDPM baseline (``diffusion.DDPMPath``).
 """
 
 from __future__ import annotations
@@ -28,14 +29,15 @@ def expand_like(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return t.view(-1, *([1] * (x.dim() - 1))).to(x.dtype)
 
 
-def interpolate(x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """Point on the straight path from noise x0 (t=0) to data x1 (t=1): (1 - t) x0 + t x1; t is (B,)."""
-    t = expand_like(t, x1)
-    return (1 - t) * x0 + t * x1
+def _broadcast(t: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor | float:
+    """A float as it is, a per-case time (B,) or (B, 1, ..., 1) broadcastable against x."""
+    return expand_like(t, x) if isinstance(t, torch.Tensor) else t
 
 
 class FlowPath:
     """Optimal-transport conditional flow matching: x_t = (1 - t) x0 + t x1, target velocity x1 - x0.
+
+    Times ``t`` are floats or per-case tensors (B,) in [0, 1]; images are (B, C, *spatial).
 
     Args:
         time_schedule: how training times are drawn (``TIME_SCHEDULES``).
@@ -52,4 +54,45 @@ class FlowPath:
         here (independent), or given already paired with x1 (OT coupling, reflow's pairs) and used as is."""
         x0 = torch.randn_like(x1) if x0 is None else x0
         t = sample_times(x1.shape[0], self.time_schedule, x1.device)
-        return interpolate(x0, x1, t), t * TIME_SCALE, x1 - x0
+        return self.interpolate(x0, x1, t), self.timesteps(t), self.target(x0, x1)
+
+    @staticmethod
+    def interpolate(x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
+        """The point on the path at time t: (1 - t) x0 + t x1."""
+        t = _broadcast(t, x1)
+        return (1 - t) * x0 + t * x1
+
+    @staticmethod
+    def target(x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
+        """The path's velocity, the network's training target: x1 - x0."""
+        return x1 - x0
+
+    @staticmethod
+    def timesteps(t: torch.Tensor) -> torch.Tensor:
+        """Flow times (B,) -> the network's timesteps (B,) on MONAI's 0..1000 scale."""
+        return t * TIME_SCALE
+
+    @staticmethod
+    def time(timesteps: torch.Tensor) -> torch.Tensor:
+        """The network's timesteps (B,) -> flow times (B,); the inverse of ``timesteps``."""
+        return timesteps / TIME_SCALE
+
+    @staticmethod
+    def clean_estimate(x_t: torch.Tensor, t: torch.Tensor | float, velocity: torch.Tensor) -> torch.Tensor:
+        """The image a velocity at x_t points to, one Euler step to t = 1: x_t + (1 - t) v (E[x1 | x_t] for the
+        learned field)."""
+        return x_t + (1 - _broadcast(t, x_t)) * velocity
+
+    @staticmethod
+    def noise_time(sigma: float) -> float:
+        """The time t at which x_t / t = x1 + sigma * noise carries noise of std ``sigma`` (relative to the model's
+        [-1, 1] range): (1 - t) / t = sigma, so t = 1 / (1 + sigma)."""
+        if sigma < 0:
+            raise ValueError(f"noise sigma must be >= 0, got {sigma}")
+        return 1.0 / (1.0 + sigma)
+
+    @classmethod
+    def place(cls, noisy: torch.Tensor, sigma: float) -> tuple[torch.Tensor, float]:
+        """An image carrying noise of std ``sigma`` as a point of the path: (t * noisy, t) with t = ``noise_time``."""
+        t = cls.noise_time(sigma)
+        return t * noisy, t

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from .batches import conditions
 from .distributed import rank
-from .flow import TIME_SCALE
+from .flow import FlowPath
 from .solvers import ADAPTIVE, SOLVERS, integrate
 
 
@@ -64,14 +64,6 @@ def case_generators(indices: Sequence[int], seed: int, device=None) -> list[torc
     """One generator per case on ``device`` for a stochastic sampler's step noise, seeded from the seed and the case
     index (on another stream than ``case_noise``'s), so each case's steps don't depend on its batch."""
     return [torch.Generator(device or "cpu").manual_seed((int(seed) * 1_000_003 + int(i)) ^ 0x5EED) for i in indices]
-
-
-def flow_time(sigma: float) -> float:
-    """Flow time t at which x_t / t = x1 + sigma * noise carries noise of std ``sigma`` (relative to the model's
-    [-1, 1] range): x_t = (1 - t) x0 + t x1 gives sigma = (1 - t) / t, so t = 1 / (1 + sigma)."""
-    if sigma < 0:
-        raise ValueError(f"noise sigma must be >= 0, got {sigma}")
-    return 1.0 / (1.0 + sigma)
 
 
 def evaluations(cond: dict, guidance_scale: float) -> int:
@@ -155,7 +147,7 @@ class FlowSampler(Sampler):
         """x: noise (B, C, *spatial) at t_start (0 for pure noise); returns (images at t=1, NFE)."""
 
         def velocity(x_: torch.Tensor, t: float) -> torch.Tensor:
-            timesteps = torch.full((x_.shape[0],), t * TIME_SCALE, device=x_.device)
+            timesteps = FlowPath.timesteps(torch.full((x_.shape[0],), t, device=x_.device))
             return predict(network, x_, timesteps, cond, self.guidance_scale)
 
         steps = partial(step_progress, desc=f"{self.solver} steps")
@@ -166,6 +158,7 @@ class FlowSampler(Sampler):
         self, network: nn.Module, noisy: torch.Tensor, sigma: float, cond: dict | None = None
     ) -> tuple[torch.Tensor, int]:
         """Denoises images (B, C, *spatial) in model units carrying Gaussian noise of std ``sigma``: places them on
-        the flow at t = 1 / (1 + sigma) (x_t = t * noisy) and integrates to t = 1. Returns (images, NFE)."""
-        t = flow_time(sigma)
-        return self(network, t * noisy, cond or {}, t_start=t)
+        the flow at t = 1 / (1 + sigma) (x_t = t * noisy: ``FlowPath.place``) and integrates to t = 1. Returns
+        (images, NFE)."""
+        x_t, t = FlowPath.place(noisy, sigma)
+        return self(network, x_t, cond or {}, t_start=t)
