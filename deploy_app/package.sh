@@ -13,7 +13,8 @@
 #
 # Environment: PYTHON (a Python with deploy_app/requirements.txt installed; default: python3), MOTFM_MAP_CACHE
 # (wheelhouse, base image root, build context and the started daemon's data; default: ~/.cache/motfm-map),
-# MOTFM_DEBIAN_MIRROR (default: the Debian mirror apt uses). Exit status 77: Docker cannot run here.
+# MOTFM_DEBIAN_MIRROR (default: the Debian mirror apt uses). Exit status 77: the image cannot be built here (no
+# Docker, no root, no Debian mirror, no Python 3.11 or CPU torch wheel for the wheelhouse); 1: any other failure.
 set -euo pipefail
 shopt -s inherit_errexit # failures inside $(...) stop the script too
 
@@ -25,7 +26,7 @@ IMAGE=motfm-dicom-cpu
 export DOCKER_BUILDKIT=0 # the legacy builder: Debian bookworm's docker.io has no buildx
 
 fail() { echo "error: $*" >&2; exit 1; }
-cannot_run() { echo "error: Docker cannot run here: $*" >&2; exit 77; }
+cannot_run() { echo "error: the image cannot be built here: $*" >&2; exit 77; }
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo -n "$@"; fi; }
 
 # Installs Debian packages whose command is missing: pairs of COMMAND PACKAGE.
@@ -72,7 +73,7 @@ debian_mirror() {
     lists=$(apt-cache policy 2> /dev/null | awk '$4 == "amd64" && $5 == "Packages" && $3 ~ /\/main$/ && $2 !~ /security/')
     [ -n "$mirror" ] || mirror=$(awk '$3 == "bookworm/main" {print $2; exit}' <<< "$lists")
     [ -n "$mirror" ] || mirror=$(awk '{print $2; exit}' <<< "$lists")
-    [ -n "$mirror" ] || fail "no Debian mirror found in apt's sources: set MOTFM_DEBIAN_MIRROR"
+    [ -n "$mirror" ] || cannot_run "no Debian mirror found in apt's sources: set MOTFM_DEBIAN_MIRROR"
     echo "$mirror"
 }
 
@@ -81,13 +82,14 @@ base_image() {
     local tag
     tag="motfm-map-base:bookworm-$(echo "$BASE_PACKAGES" | sha256sum | cut -c1-12)"
     if ! docker image inspect "$tag" > /dev/null 2>&1; then
+        as_root true 2> /dev/null || cannot_run "the base image is made by debootstrap, which needs root"
         need debootstrap debootstrap
         local rootfs="$CACHE/rootfs" mirror
         mirror=$(debian_mirror)
         as_root rm -rf "$rootfs"
         echo "debootstrap bookworm from $mirror" >&2
         as_root debootstrap --variant=minbase --include="$BASE_PACKAGES" bookworm "$rootfs" "$mirror" \
-            > "$CACHE/debootstrap.log" 2>&1 || fail "debootstrap failed: $(tail -n 2 "$CACHE/debootstrap.log")"
+            > "$CACHE/debootstrap.log" 2>&1 || cannot_run "debootstrap failed: $(tail -n 2 "$CACHE/debootstrap.log")"
         as_root rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
         as_root tar -C "$rootfs" -c . | docker import - "$tag" > /dev/null
         as_root rm -rf "$rootfs"
@@ -101,14 +103,14 @@ wheelhouse() {
     dir="$CACHE/wheelhouse-$(sha256sum < "$requirements" | cut -c1-12)"
     if [ ! -d "$dir" ]; then
         "$PYTHON" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' ||
-            fail "the image's Python is Debian bookworm's 3.11: set PYTHON to a Python 3.11 (not $("$PYTHON" -V))"
+            cannot_run "the image's Python is Debian bookworm's 3.11: set PYTHON to a Python 3.11 (not $("$PYTHON" -V))"
         mkdir -p "$CACHE"
         rm -rf "$dir.partial"
         "$PYTHON" -m pip wheel -q --disable-pip-version-check -w "$dir.partial" -r "$requirements" pip \
-            > "$CACHE/wheelhouse.log" 2>&1 || fail "could not build the wheelhouse of $requirements: $(tail -n 3 "$CACHE/wheelhouse.log")"
+            > "$CACHE/wheelhouse.log" 2>&1 || cannot_run "could not build the wheelhouse of $requirements: $(tail -n 3 "$CACHE/wheelhouse.log")"
         # the image is CPU-only: PyPI's torch for Linux is the CUDA build
         ls "$dir.partial"/torch-*+cpu-*.whl > /dev/null 2>&1 ||
-            fail "$requirements: pip chose a torch wheel that is not a CPU build ($(cd "$dir.partial" && ls torch-*)); put the CPU wheel where pip finds it first (--find-links)"
+            cannot_run "$requirements: pip chose a torch wheel that is not a CPU build ($(cd "$dir.partial" && ls torch-*)); put the CPU wheel where pip finds it first (PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu, or --find-links)"
         mv "$dir.partial" "$dir"
     fi
     echo "$dir"

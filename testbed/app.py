@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import pydicom
@@ -17,11 +18,11 @@ from . import ROOT
 APP = ROOT / "deploy_app"
 
 
-def run_app(args: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
-    """Runs ``python deploy_app ARGS`` (one CPU thread: the test machine is shared)."""
+def run_app(args: list[str], env: dict | None = None, prefix: Sequence[str] = ()) -> subprocess.CompletedProcess:
+    """Runs ``PREFIX python deploy_app ARGS`` (one CPU thread: the test machine is shared)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.run(
-        [sys.executable, str(APP), *args], env=env, capture_output=True, text=True, timeout=600, check=False
+        [*prefix, sys.executable, str(APP), *args], env=env, capture_output=True, text=True, timeout=600, check=False
     )
 
 

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -168,11 +168,11 @@ class Node:
         self.config.write_text(json.dumps(config, indent=1))
         self.log_file, self.process, self.starts = folder / "node.log", None, 0
 
-    def start(self) -> Node:
-        """Starts the node and waits until it listens."""
+    def start(self, prefix: Sequence[str] = ()) -> Node:
+        """Starts the node (``PREFIX python -m pacs_node serve``) and waits until it listens."""
         self.starts += 1
         with open(self.log_file, "ab") as log:
-            command = [sys.executable, "-m", "pacs_node", "serve", "--config", str(self.config)]
+            command = [*prefix, sys.executable, "-m", "pacs_node", "serve", "--config", str(self.config)]
             self.process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=log)
         self.wait_for(lambda: self.log().count("listening on") == self.starts, 60, "the node to listen")
         return self

@@ -12,7 +12,12 @@ fi
 [ -d .venv ] || python3 -m venv .venv
 . .venv/bin/activate
 pip install -q -r requirements.txt
+# with the Deploy SDK installed, `import monai` imports Holoscan, which links libcudart.so.13: pip's CUDA runtime is
+# where the loader does not look (the app and the node load it themselves; the tests import monai in-process)
+cuda_runtime=$(python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/nvidia/cu13/lib
+export LD_LIBRARY_PATH="$cuda_runtime${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 ruff check .
 python -m pytest -q tests "$@"
-# the deploy app's container image: built once per set of inputs (some minutes the first time), then reused
-python -m pytest -q -m container tests/test_container.py
+# the deploy app's container image (built once per set of inputs, some minutes the first time, then reused) and
+# fresh virtual environments
+python -m pytest -q -m container tests/test_container.py tests/test_no_cuda_toolkit.py
