@@ -123,6 +123,19 @@ def pacs_burst_table(record: dict) -> str:
     )
 
 
+def fuzz_inputs_table(record: dict) -> str:
+    """Damaged DICOM files beside an intact series, through the deploy app's input side (see bench/fuzz_inputs.py)."""
+    r = record
+    return (
+        "| trials | damaged files | crashes | contained (named) | accepted (damage in a value) | unnamed "
+        "| intact series lost |\n|---|---|---|---|---|---|---|\n"
+        f"| {r['trials']} | {r['damaged_files']} | {r['crashes']} | {r['contained']} | {r['accepted']} "
+        f"| {r['unnamed_rejected']} | {r['intact_series_lost']} |\n\n"
+        f"{r['damaged_per_trial']} of {r['slices']} files damaged per trial, seed {r['seed']}; {r['machine']}; "
+        f"`{r['command']}`.\n"
+    )
+
+
 def model_card_table(record: dict) -> str:
     """What the evaluated model file says of itself: its card's provenance, as its training wrote it."""
     p = record["model"]
@@ -674,6 +687,7 @@ BLOCKS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "scale_throughput": ("scale_throughput.json", scale_throughput_table),
     "deploy_latency": ("deploy_latency.json", deploy_latency_table),
     "pacs_burst": ("pacs_burst.json", pacs_burst_table),
+    "fuzz_inputs": ("fuzz_inputs.json", fuzz_inputs_table),
 }
 
 

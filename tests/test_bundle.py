@@ -170,3 +170,49 @@ def test_a_bad_input_is_the_last_line_a_bundle_command_prints(data_dir, tmp_path
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == f"error: datalist not found: {missing}"
     assert not (tmp_path / "out").exists()
+
+
+EOF = "EOFError: Compressed file ended before the end-of-stream marker was reached"
+
+
+@pytest.mark.parametrize(
+    "configs, broken, reason",
+    [
+        (["train.json"], "image", EOF),
+        (["inference.json"], "label", "ImageFileError: Cannot work out file type of"),  # cut inside its header
+        (["inference.json", "evaluate.json"], "image", EOF),
+        (["inference.json", "denoise.json"], "image", EOF),
+    ],
+)
+def test_a_truncated_nifti_ends_every_workflow_naming_it(configs, broken, reason, tmp_path):
+    """A .nii.gz cut in half (nibabel's error deep inside MONAI's LoadImage): the workflow (the shipped model's
+    configs) ends with status 1, its last line names the file and the problem, and no output folder is left."""
+    import subprocess
+    import sys
+
+    from conftest import CONFIGS
+
+    rng = np.random.default_rng(0)
+    cases = []
+    for k in range(3):
+        image, label = rng.uniform(0, 100, (24, 24)).astype(np.float32), rng.integers(0, 4, (24, 24), dtype=np.uint8)
+        nib.save(nib.Nifti1Image(image, np.eye(4)), tmp_path / f"image{k}.nii.gz")
+        nib.save(nib.Nifti1Image(label, np.eye(4)), tmp_path / f"label{k}.nii.gz")
+        cases.append({"image": f"image{k}.nii.gz", "label": f"label{k}.nii.gz", "class": k})
+    cut = tmp_path / f"{broken}1.nii.gz"
+    data = cut.read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    datalist, out = tmp_path / "datalist.json", tmp_path / "out"
+    datalist.write_text(json.dumps({s: cases for s in ("training", "validation", "test")}))
+    files = str([str(CONFIGS / c) for c in configs])
+    overrides = {"datalist": datalist, "dataset_dir": tmp_path, "output_dir": out, "num_steps": 2}
+    args = [item for key, value in overrides.items() for item in (f"--{key}", str(value))]
+    result = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "run", "--config_file", files, *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: {cut}: cannot read image ({reason}")
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # nor a staging one

@@ -20,6 +20,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage
 from motfm_deploy.images import read_planes
 from testbed.app import dciodvfy_errors, digests, output_series, run_app
 from testbed.bundles import BUNDLE_VERSION
+from testbed.damage import DETECTABLE, damage, elements
 from testbed.studies import study_header, write_enhanced, write_file_set, write_mr_series, write_seg
 
 # every attribute a synthesized MR image from the fixture series has: nothing else may be carried over
@@ -254,6 +255,47 @@ def test_bad_input_is_reported_and_loses_nothing(tmp_path, volumes, model):
     assert sorted(problems) == ["MR_truncated.dcm", "cut_ct.dcm", "garbage.dcm", "liver_1frame.dcm", "reportsi.dcm"]
     for name, problem in problems.items():
         assert problem["files"] == [str(inputs / name)] and str(inputs / name) in problem["message"]
+
+
+def test_damaged_files_are_skipped_and_named_and_the_intact_series_is_written_whole(tmp_path, volumes, model):
+    """A study with an intact MR series and a second series made from it whose every file is damaged (seeded): the
+    file meta element (0002,0002) read with the value representation 0x55 0xd5 (the file that ended a run before),
+    and one file of each kind that always breaks a file (an unknown VR in the file meta or the data set, the file
+    meta cut short, a length past the end of the file, the pixels cut short). The intact series is denoised whole;
+    each damaged file is skipped and named with its reason in the log and the run report; the inputs stay as they
+    were."""
+    inputs, study = tmp_path / "in", study_header()
+    intact = write_mr_series(inputs / "intact", volumes[0], study, 4, shape=(32, 32), spacing=6.0)
+    kinds = ("issue", *DETECTABLE)
+    source = write_mr_series(tmp_path / "source", volumes[0], study, len(kinds), shape=(32, 32), spacing=6.0)
+    rng = np.random.default_rng(35)
+    damaged = []
+    for kind, ds in zip(kinds, source):
+        data = Path(ds.filename).read_bytes()
+        if kind == "issue":
+            (sop_class,) = [e for e in elements(data)[0] if data[e.start : e.start + 4] == b"\x02\x00\x02\x00"]
+            data = data[: sop_class.start + 4] + b"\x55\xd5" + data[sop_class.start + 6 :]
+        else:
+            data = damage(data, kind, rng)
+        damaged.append(inputs / "damaged" / f"{kind}.dcm")
+        damaged[-1].parent.mkdir(parents=True, exist_ok=True)
+        damaged[-1].write_bytes(data)
+    before = digests(inputs)
+    result = run_app(["-i", str(inputs), "-o", str(tmp_path / "out"), "-m", str(model)])
+    log = result.stdout + result.stderr
+    assert result.returncode == 1, log[-3000:]
+    assert f"{len(kinds)} input problems (1 series written)" in log
+    (series,) = output_series(tmp_path / "out").values()
+    assert len(series) == len(intact)
+    assert {s.SourceImageSequence[0].ReferencedSOPInstanceUID for s in series} == {ds.SOPInstanceUID for ds in intact}
+    report = run_report(tmp_path / "out")
+    assert [s["instances"] for s in report["series"]] == [len(intact)]
+    problems = {p["files"][0]: p["message"] for p in report["problems"]}
+    assert sorted(problems) == sorted(map(str, damaged))
+    assert "Unknown Value Representation '0x55 0xd5' in tag (0002,0002)" in problems[str(damaged[0])]
+    for path, message in problems.items():
+        assert message.startswith(f"{path}: ") and message in log
+    assert digests(inputs) == before
 
 
 def test_empty_input_is_an_error(tmp_path, model):

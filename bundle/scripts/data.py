@@ -3,7 +3,8 @@ and the way back to the source's own grid and units.
 
 A datalist is MONAI's decathlon JSON: ``training`` / ``validation`` / ``test`` lists of
 ``{"image": ..., "label": ..., "class": ...}`` (label and class optional), paths relative to ``dataset_dir``.
-Images are NIfTI files or DICOM series folders, read by MONAI's ``LoadImage``.
+Images are NIfTI files or DICOM series folders, read by MONAI's ``LoadImage`` through ``ReadImage``: a file that
+cannot be read (truncated, damaged) is a ``ValueError`` naming it.
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
 import torch
+from monai.config import KeysCollection
 from monai.data import MetaTensor, list_data_collate
 from monai.transforms import (
     AsDiscreted,
     Compose,
+    LoadImage,
     LoadImaged,
     MapTransform,
     Orientationd,
@@ -103,11 +106,31 @@ def case_id(item: Mapping, index: int, taken: set[str]) -> str:
     return name
 
 
+class ReadImage(LoadImage):
+    """MONAI's ``LoadImage``; a file it cannot read (truncated, not an image, a damaged DICOM series) raises
+    ValueError naming the file and the reason, whatever the reader raised."""
+
+    def __call__(self, filename, reader=None):
+        try:
+            return super().__call__(filename, reader)
+        except Exception as e:
+            reason = (str(e).strip().splitlines() or [""])[0]
+            raise ValueError(f"{filename}: cannot read image ({type(e).__name__}: {reason})") from e
+
+
+class ReadImaged(LoadImaged):
+    """MONAI's ``LoadImaged`` reading with ``ReadImage``: images only, no separate meta dictionaries."""
+
+    def __init__(self, keys: KeysCollection, ensure_channel_first: bool = False, allow_missing_keys: bool = False):
+        super().__init__(keys, image_only=True, allow_missing_keys=allow_missing_keys)
+        self._loader = ReadImage(image_only=True, ensure_channel_first=ensure_channel_first)
+
+
 def percentile_range(
     cases: Sequence[Mapping], lower: float = PERCENTILES[0], upper: float = PERCENTILES[1], max_cases: int = 64
 ):
     """Robust intensity range [p_lower, p_upper] over (up to ``max_cases``, evenly spread) training images."""
-    load = LoadImaged("image", image_only=True)
+    load = ReadImaged("image")
     picks = np.linspace(0, len(cases) - 1, min(len(cases), max_cases)).round().astype(int)
     values = np.concatenate([np.asarray(load({"image": cases[i]["image"]})["image"]).ravel() for i in picks])
     lo, hi = np.percentile(values, [lower, upper])
@@ -157,7 +180,7 @@ def input_transforms(
 ) -> Compose:
     """Loads a case's files (image, label; both optional) and applies ``model_transforms``, in one flat ``Compose``
     so that a ``CacheDataset`` caches everything before the first random transform."""
-    load = LoadImaged(KEYS, image_only=True, ensure_channel_first=True, allow_missing_keys=True)
+    load = ReadImaged(KEYS, ensure_channel_first=True, allow_missing_keys=True)
     return Compose([load, *model_transforms(image_size, num_labels, intensity_range, augment).transforms])
 
 

@@ -26,13 +26,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from monai.transforms import LoadImage, ScaleIntensityRange
+from monai.transforms import ScaleIntensityRange
 from skimage.restoration import denoise_nl_means
 from torch import nn
 
 from . import metrics
 from .batches import conditions, without_meta
-from .data import MODEL_RANGE, PERCENTILES, load_images, to_model_range, to_units
+from .data import MODEL_RANGE, PERCENTILES, ReadImage, load_images, to_model_range, to_units
 from .files import save_json
 from .sampler import FlowSampler
 from .visualize import save_grid
@@ -148,7 +148,7 @@ class Denoiser:
         out, nfe = [], 0
         for i, where in enumerate(batch["image"].meta["filename_or_obj"]):
             case_cond = {k: v[i : i + 1] for k, v in cond.items()}
-            pixels = LoadImage(image_only=True)(where)
+            pixels = ReadImage(image_only=True)(where)
             denoised = self(network, batch["image"][i : i + 1], where, pixels, case_cond, device)
             out.append(denoised.images)
             nfe = denoised.nfe

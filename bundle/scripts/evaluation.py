@@ -39,11 +39,10 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
-from monai.transforms import LoadImage
 from torch import nn
 
 from . import downstream, metrics
-from .data import PERCENTILES, load_batch, load_cases, load_images, to_model_range
+from .data import PERCENTILES, ReadImage, load_batch, load_cases, load_images, to_model_range
 from .files import save_json
 from .visualize import save_density
 
@@ -99,7 +98,7 @@ def slice_stacks(cases: Sequence[Mapping], min_slices: int = 3) -> tuple[list[li
     """
     if not all("subject" in case for case in cases):
         return [], "the cases name no 'subject': no stacks of planes to compare"
-    load = LoadImage(image_only=True)
+    load = ReadImage(image_only=True)
     subjects: dict[str, list[tuple[float, tuple, int]]] = {}
     for i, case in enumerate(cases):
         header = load(case.get("label", case.get("image")))
@@ -232,7 +231,7 @@ class Evaluation:
             raise ValueError(f"{where} holds {len(generated_cases)} cases for {len(self.real_cases)} real ones")
         if not conditioned:
             return
-        load = LoadImage(image_only=True)
+        load = ReadImage(image_only=True)
         for gen, real in zip(generated_cases, self.real_cases):
             name = os.path.basename(gen["image"]).removesuffix(".nii.gz")
             if name != real["id"]:

@@ -36,7 +36,7 @@ from monai.data import DataLoader, Dataset, decollate_batch
 from torch import nn
 from tqdm import tqdm
 
-from .data import to_source_grid, to_units
+from .data import ReadImage, to_source_grid, to_units
 from .distributed import all_gather, rank, world_size
 from .files import atomic_path, save_json, staged_folder
 from .sampler import Sampler, noise_index, warm_up
@@ -229,7 +229,5 @@ def _copy_label(source: str, path: str) -> None:
         with atomic_path(path) as tmp:
             shutil.copyfile(source, tmp)
     else:
-        from monai.transforms import LoadImage
-
-        mask = LoadImage(image_only=True)(source)
+        mask = ReadImage(image_only=True)(source)
         _save_nifti(np.asarray(mask, dtype=np.uint8), np.asarray(mask.affine), path)

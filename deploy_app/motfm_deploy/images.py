@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from pydicom.dataset import Dataset
+from pydicom.pixels import pixel_array
 from pydicom.uid import (
     CTImageStorage,
     EnhancedCTImageStorage,
@@ -39,6 +40,17 @@ class InputError(ValueError):
 
 def file_of(ds: Dataset) -> str:
     return str(getattr(ds, "filename", None) or "<in memory>")
+
+
+def decode(ds: Dataset, keep: bool = True) -> np.ndarray:
+    """The stored pixel values of ``ds`` (kept in ``ds`` if ``keep``, else decoded and dropped); any error of the
+    decoder raises InputError naming the file and its transfer syntax."""
+    try:
+        return ds.pixel_array if keep else pixel_array(ds)
+    except Exception as e:
+        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        name = syntax.name if syntax is not None else "unknown transfer syntax"
+        raise InputError(f"{file_of(ds)}: cannot decode its pixel data ({name}): {e}") from e
 
 
 @dataclass
@@ -88,12 +100,7 @@ class Plane:
 
     def pixels(self) -> np.ndarray:
         """The plane's pixels (rows, columns), float32, in the modality's units."""
-        try:
-            stored = self.dataset.pixel_array
-        except Exception as e:
-            syntax = getattr(getattr(self.dataset, "file_meta", None), "TransferSyntaxUID", None)
-            name = syntax.name if syntax is not None else "unknown transfer syntax"
-            raise InputError(f"{self.file}: cannot decode its pixel data ({name}): {e}") from e
+        stored = decode(self.dataset)
         if self.frame is not None and stored.ndim == 3:
             stored = stored[self.frame]
         if stored.shape != self.shape:

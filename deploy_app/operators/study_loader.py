@@ -10,12 +10,28 @@ from monai.deploy.core.domain.dicom_series import DICOMSeries
 from monai.deploy.core.domain.dicom_study import DICOMStudy
 from monai.deploy.operators.dicom_data_loader_operator import DICOMDataLoaderOperator
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
+from motfm_deploy.images import InputError, decode
 from motfm_deploy.report import Problem
 
 logger = logging.getLogger(__name__)
 UIDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
+
+
+def read_whole(path: Path) -> Dataset:
+    """Reads a DICOM file and decodes every element of its file meta and data set, sequences included (pydicom
+    decodes them lazily, at first use), and its pixel data (decoded and dropped; InputError if it cannot be): a
+    damaged file (flipped bytes, a wrong length, cut pixels) raises here, whatever the exception, not in a later
+    operator."""
+    ds = dcmread(path)
+    for dataset in (ds.file_meta, ds):
+        for _ in dataset.iterall():
+            pass
+    if "PixelData" in ds:
+        decode(ds, keep=False)
+    return ds
 
 
 class StudyLoaderOperator(DICOMDataLoaderOperator):
@@ -23,8 +39,10 @@ class StudyLoaderOperator(DICOMDataLoaderOperator):
 
     - a file that is not DICOM, or a DICOMDIR (a media index; the files it references are read like any other),
       is skipped with a warning naming it;
-    - a DICOM file that cannot be parsed or lacks its UIDs is a failure naming it, reported at the end of the
-      run (the other files are still used);
+    - a DICOM file that cannot be read whole (``read_whole``: any error of pydicom's or of a pixel decoder, e.g.
+      flipped bytes in its file meta or data set, a truncated header, a wrong length, cut pixels) or lacks its UIDs
+      is a failure naming it and the reason, reported at the end of the run; the other files are used as if it
+      were absent;
     - every instance is kept (the SDK loader keeps one instance per position, which loses instances).
 
     Named outputs:
@@ -55,10 +73,13 @@ class StudyLoaderOperator(DICOMDataLoaderOperator):
             if count % 500 == 0:
                 logger.info(f"read {count} of {len(files)} files")
             try:
-                ds = dcmread(path)
+                ds = read_whole(path)
             except InvalidDicomError:
                 logger.warning(f"{path}: not a DICOM file, skipped")
                 skipped.append(f"{path}: not a DICOM file")
+                continue
+            except InputError as e:
+                failures.append(Problem([str(path)], str(e)))
                 continue
             except Exception as e:
                 failures.append(Problem([str(path)], f"{path}: corrupt DICOM file ({type(e).__name__}: {e})"))
