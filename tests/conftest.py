@@ -97,8 +97,13 @@ def train(
         "checkpoint_interval": epochs,
         **extra,
     }
-    files = [str(CONFIGS / "train.json"), str(CONFIGS / f"variants/{variant}.json")]
-    files += [str(CONFIGS / f) for f in configs]
+    return train_losses(["train.json", f"variants/{variant}.json", *configs], **overrides)
+
+
+def train_losses(configs: list[str], **overrides) -> list[float]:
+    """Runs a training workflow (``configs``: files under bundle/configs) in this process; returns the loss of every
+    iteration this run made (a resumed run: only the new ones)."""
+    files = [str(CONFIGS / c) for c in configs]
     workflow = ConfigWorkflow(config_file=files, workflow_type=None, logging_file=False, **overrides)
     workflow.initialize()
     losses: list[float] = []

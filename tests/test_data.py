@@ -93,6 +93,16 @@ def test_any_size_is_brought_to_the_model_and_intensities_scaled(tmp_path):
     assert set(torch.unique(out["label"]).tolist()) == {0, 1}
 
 
+def test_native_grid_keeps_the_voxels_and_patches_are_cut_from_them(tmp_path):
+    image = np.arange(20 * 18 * 10, dtype=np.float32).reshape(20, 18, 10)
+    path = str(tmp_path / _nifti(tmp_path / "image.nii.gz", image))
+    out = input_transforms((16, 16, 16), 0, None, resize=False)({"image": path})["image"]
+    assert out.shape == (1, 16, 16, 16)
+    assert np.array_equal(np.asarray(out[0, :, :, 3:13]), image[2:18, 1:17])  # cropped and padded, not resampled
+    patch = input_transforms((16, 16, 16), 0, None, "flip", resize=False, patch_size=(8, 8, 8))({"image": path})
+    assert patch["image"].shape == (1, 8, 8, 8) and set(np.unique(np.asarray(patch["image"]))) <= set(image.ravel())
+
+
 def test_outputs_go_back_to_the_source_grid_and_units(tmp_path):
     # a smooth image on an oblique, anisotropic grid
     affine = np.array([[0.0, -1.2, 0, 30], [0.9, 0.0, 0, -20], [0, 0, 2.0, 5], [0, 0, 0, 1]])

@@ -11,6 +11,7 @@ from scripts.metrics import (
     conditional_ms_ssim,
     correlation_per_case,
     frechet_distance,
+    hf_power_ratio,
     hist_wasserstein,
     mask_dice,
     mean_with_ci,
@@ -61,6 +62,16 @@ def test_paired_ssim_and_psnr():
     # a constant error of 0.1 in a range of 2: MSE 0.01 -> 10 log10(4 / 0.01)
     assert psnr_per_case(x, x + 0.1).tolist() == pytest.approx([10 * math.log10(4 / 0.01)] * 3, rel=1e-5)
     assert ssim_per_case(x, torch.rand(3, 1, 32, 32) * 2 - 1).mean() < 0.2
+
+
+def test_hf_power_ratio_is_one_for_the_same_image_and_falls_with_blur():
+    from monai.transforms import GaussianSmooth
+
+    x = torch.rand(2, 1, 16, 16, 16, generator=torch.Generator().manual_seed(0))
+    blurred = torch.stack([GaussianSmooth(sigma=1.0)(v) for v in x])
+    assert hf_power_ratio(x, x).tolist() == pytest.approx([1.0, 1.0])
+    assert (hf_power_ratio(x, blurred) < 0.2).all() and (hf_power_ratio(blurred, x) > 5).all()
+    assert hf_power_ratio(x, 2 * x).tolist() == pytest.approx([4.0, 4.0])
 
 
 def test_correlation_in_mask_ignores_gain_offset_and_the_background():

@@ -79,6 +79,20 @@ class GenerativePrepareBatch(PrepareBatch):
         return x_t, target, (), {"timesteps": timesteps, **cond}
 
 
+class ReconstructionPrepareBatch(PrepareBatch):
+    """``prepare_batch`` for an autoencoder: a batch of {image} -> (image, image, (), {}): the input is the target."""
+
+    def __call__(
+        self,
+        batchdata: Mapping[str, Any],
+        device: str | torch.device | None = None,
+        non_blocking: bool = False,
+        **kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor, tuple, dict]:
+        x = without_meta(batchdata["image"], device)
+        return x, x, (), {}
+
+
 def without_meta(x: Any, device: str | torch.device | None = None) -> torch.Tensor:
     """A plain tensor on ``device``: MONAI's MetaTensor would make every network operation track metadata."""
     return convert_to_tensor(x, device=device, track_meta=False)

@@ -177,11 +177,14 @@ def input_transforms(
     num_labels: int,
     intensity_range: Sequence[float] | None,
     augment: str = "none",
+    resize: bool = True,
+    patch_size: Sequence[int] | None = None,
 ) -> Compose:
     """Loads a case's files (image, label; both optional) and applies ``model_transforms``, in one flat ``Compose``
     so that a ``CacheDataset`` caches everything before the first random transform."""
     load = ReadImaged(KEYS, ensure_channel_first=True, allow_missing_keys=True)
-    return Compose([load, *model_transforms(image_size, num_labels, intensity_range, augment).transforms])
+    xforms = model_transforms(image_size, num_labels, intensity_range, augment, resize, patch_size)
+    return Compose([load, *xforms.transforms])
 
 
 def model_transforms(
@@ -189,10 +192,16 @@ def model_transforms(
     num_labels: int,
     intensity_range: Sequence[float] | None,
     augment: str = "none",
+    resize: bool = True,
+    patch_size: Sequence[int] | None = None,
 ) -> Compose:
     """Brings loaded MetaTensors {image?, label?} (C, *spatial) to the model: check, orient (RAS), resize the
     longest side to the model's and pad/crop to ``image_size``, scale intensities from ``intensity_range`` to
     [-1, 1] (clipped). ``augment`` (training only) is one of ``AUGMENTATIONS``.
+
+    ``resize=False`` keeps the data's own voxels (no resampling: e.g. an autoencoder at the native 2 mm grid) and
+    only pads/crops them to ``image_size``; ``patch_size`` (training only) then takes a random patch of that size
+    after the augmentation.
     """
     if augment not in AUGMENTATIONS:
         raise ValueError(f"augment must be one of {AUGMENTATIONS}, got {augment!r}")
@@ -209,17 +218,18 @@ def model_transforms(
     ]
     if num_labels:
         xforms.append(AsDiscreted("label", to_onehot=num_labels, allow_missing_keys=True))
-    xforms += [
-        Resized(
-            KEYS,
-            max(image_size),
-            size_mode="longest",
-            mode=(linear, label_mode),
-            anti_aliasing=(True, bool(num_labels)),
-            allow_missing_keys=True,
-        ),
-        ResizeWithPadOrCropd(KEYS, tuple(image_size), allow_missing_keys=True),
-    ]
+    if resize:
+        xforms.append(
+            Resized(
+                KEYS,
+                max(image_size),
+                size_mode="longest",
+                mode=(linear, label_mode),
+                anti_aliasing=(True, bool(num_labels)),
+                allow_missing_keys=True,
+            )
+        )
+    xforms.append(ResizeWithPadOrCropd(KEYS, tuple(image_size), allow_missing_keys=True))
     if augment != "none":
         xforms.append(RandFlipd(KEYS, prob=0.5, spatial_axis=0, allow_missing_keys=True))
     if augment == "flip_shift":
@@ -240,6 +250,8 @@ def model_transforms(
                 allow_missing_keys=True,
             )
         )
+    if patch_size is not None:
+        xforms.append(RandSpatialCropd(KEYS, tuple(patch_size), random_size=False, allow_missing_keys=True))
     if num_labels:
         xforms.append(AsDiscreted("label", argmax=True, allow_missing_keys=True))
     if intensity_range is not None:
