@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import shutil
 
-from tables import RECORDS, render, stale_blocks
+from records import portable
+from tables import DOCUMENTS, RECORDS, ROOT, render, stale_blocks
+
+MACHINE_FOLDERS = ("/work/", "/tmp/", "/home/", "/root/")
 
 
 def test_documented_tables_match_their_records():
@@ -98,3 +101,20 @@ def test_the_training_table_reads_the_cards_history():
     assert "| training files (SHA-256) | aaaaaaaa to 200, bbbbbbbb |" in table
     assert "| lowest | 0.04 at 200 | 0.049 at 500 |" in table
     assert "| last two points | 0.0401 at 400 to 0.04 at 500 (flat) | 0.05 at 400 to 0.049 at 500 (not flat) |" in table
+
+
+def test_records_and_docs_name_no_machine_folders():
+    files = [*RECORDS.glob("*.json"), *DOCUMENTS]
+    assert files and not [f.name for f in files if any(m in f.read_text() for m in MACHINE_FOLDERS)]
+    assert not list(RECORDS.glob("*.md"))  # the records are JSON (+ PNG); their tables are the docs' blocks
+
+
+def test_a_records_paths_are_made_repository_relative():
+    command = (
+        f"python bench/x.py --out_dir {ROOT}/bundle/docs/records --work_dir /scratch/me/runs/x_runs "
+        "--ckpt /other/checkout/bundle/models/model.pt --out=/w/out/r.json --seeds (0,1) --note 1/2 of a/b"
+    )
+    assert portable(command) == (
+        "python bench/x.py --out_dir bundle/docs/records --work_dir x_runs "
+        "--ckpt bundle/models/model.pt --out=out/r.json --seeds (0,1) --note 1/2 of a/b"
+    )
