@@ -6,13 +6,35 @@ import json
 import shutil
 
 from records import portable
-from tables import DOCUMENTS, RECORDS, ROOT, render, stale_blocks
+from tables import DOCUMENTS, PROSE, RECORDS, ROOT, lookup, prose_mismatches, render, stale_blocks
 
 MACHINE_FOLDERS = ("/work/", "/tmp/", "/home/", "/root/")
 
 
 def test_documented_tables_match_their_records():
     assert stale_blocks() == []
+
+
+def test_documented_prose_numbers_match_their_records():
+    docs = {d.name: len(PROSE.findall(d.read_text())) for d in DOCUMENTS}
+    assert docs["README.md"] > 0 and docs["benchmarks.md"] > 0  # the convention is in use where results are told
+    assert prose_mismatches() == []
+
+
+def test_a_prose_number_is_checked_at_its_printed_precision(tmp_path):
+    (tmp_path / "r.json").write_text(
+        json.dumps(
+            {"rows": [{"method": "flow", "nfe": 10, "dice": 0.81949}, {"method": "ddpm", "nfe": 10, "dice": 0.5}]}
+        )
+    )
+    assert lookup(json.loads((tmp_path / "r.json").read_text()), "rows[method=ddpm,nfe=10].dice") == 0.5
+    doc = tmp_path / "doc.md"
+    mark = "<!-- record: r.json rows[method=flow].dice -->"
+    doc.write_text(f"Dice {mark}0.819, or {mark}0.82, or {mark}0.8195, and {mark}8.195e-01.\n")
+    assert prose_mismatches([doc], tmp_path) == []
+    doc.write_text(f"Dice {mark}0.818 and <!-- record: r.json rows[method=gan].dice -->0.9.\n")
+    wrong = prose_mismatches([doc], tmp_path)
+    assert len(wrong) == 2 and "(record: 0.81949)" in wrong[0] and "0 items match" in wrong[1]
 
 
 def test_a_changed_record_makes_its_block_stale(tmp_path):
