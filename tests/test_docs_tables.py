@@ -17,7 +17,9 @@ def test_documented_tables_match_their_records():
 
 def test_documented_prose_numbers_match_their_records():
     docs = {str(d.relative_to(ROOT)): len(PROSE.findall(d.read_text())) for d in DOCUMENTS}
-    assert docs["README.md"] > 0 and docs["bundle/docs/benchmarks.md"] > 0  # the convention is in use where results are told
+    assert (
+        docs["README.md"] > 0 and docs["bundle/docs/benchmarks.md"] > 0
+    )  # the convention is in use where results are told
     assert prose_mismatches() == []
 
 
