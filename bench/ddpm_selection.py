@@ -6,7 +6,7 @@ the validation subjects' masks (every ``case_stride``-th slice) with DDIM at ``n
 ``evaluate.json``. The candidates are ranked by the feature-space Fréchet distance (generated against real
 validation images, in the segmenter's features), mask Dice beside it. A rerun continues each candidate's training
 where it stopped (the runs live in ``work_dir``), so the chosen one can go on to the full budget from its run.
-Writes ``ddpm_selection.json`` (one record) and ``ddpm_selection.md`` (its table) into ``out_dir``.
+Writes ``ddpm_selection.json`` (one record) into ``out_dir`` and prints its table.
 
     python bench/ddpm_selection.py                                 # results/ddpm_selection
     python bench/ddpm_selection.py --out_dir bundle/docs/records   # to update the documented record

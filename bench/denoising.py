@@ -11,7 +11,7 @@ same anatomy, each written as files and read back by the bundle like any data se
   ``1 + bias`` across the image's first axis (left to right), times one factor that brings the set's maximum to
   ``max_intensity``, rounded to integers (another scanner's contrast and coil profile as well).
 
-Writes ``denoising.json`` (one record) and ``denoising.md`` (its table) into ``out_dir``; the sets and the
+Writes ``denoising.json`` (one record) into ``out_dir`` and prints its table; the sets and the
 benchmark's own outputs (``denoising.json``, ``denoising.png`` per set) go to ``work_dir``.
 
     python bench/denoising.py                                # shipped model and bundle/data

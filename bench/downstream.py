@@ -7,7 +7,7 @@ that follows its masks exactly but holds no texture. Scores are on the real test
 the tissue segmenter, accuracy for the axial-level classifier. A case's score is its mean over the training seeds;
 the table gives the mean over the test cases with its 95% bootstrap interval over them, and the spread over seeds.
 
-Writes ``downstream.json`` (one record), ``downstream.md`` (its table) and ``downstream.png`` (bars with intervals)
+Writes ``downstream.json`` (one record), ``downstream.png`` (bars with intervals)
 into ``out_dir``; the synthetic sets (images, labels and datalists) stay in ``work_dir``.
 
     python bench/downstream.py                                 # shipped flow model, default data

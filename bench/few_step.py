@@ -19,7 +19,7 @@ The goal (issue 12): a model at 1 NFE (and at 2) within 10% of the base at 10 Eu
 Frechet distance (at most 1.1 x the base's) and on mask Dice (at least 0.9 x the base's). PSNR, SSIM and the
 histogram distance are in the table for what they are worth.
 
-Writes ``few_step.json`` (the record), ``few_step.md`` (``bench/tables.py``'s ``few_step_table``) and
+Writes ``few_step.json`` (the record) and
 ``few_step.png`` (quality against NFE) into ``out_dir``. Fine-tunes train in ``work_dir/<name>`` and each sampler
 setting's result is kept in ``work_dir/samples/<setting>`` with the settings and checkpoint digests it depends on: a
 rerun of the same command resumes an unfinished fine-tune, reuses a finished one untouched, and goes on from the first

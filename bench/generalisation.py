@@ -10,7 +10,7 @@ On two sets of unseen anatomy, each method generates one image per test mask thr
 
 Methods: the model (``solver``, ``num_steps``), ``nearest_training`` (the training image whose mask matches best:
 memory) and ``tissue_means`` (the mask painted with the training tissue means). Writes ``generalisation.json``
-(one record), ``generalisation.md`` (its table), ``generalisation.png`` and ``samples_test_subjects.png`` (the
+(one record), ``generalisation.png`` and ``samples_test_subjects.png`` (the
 first test masks, the model's samples and the real slices) into ``out_dir``; the generated sets and the unseen
 subjects go to ``work_dir``.
 

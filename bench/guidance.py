@@ -6,7 +6,7 @@ distance, and how well the class (the axial level) is reproduced: ``class_accura
 trained on the training subjects (``train_classifier.json``) on the generated images, beside its accuracy on the
 real ones. Guidance costs two network calls per step, which the NFE column shows.
 
-Writes ``guidance.json`` (one record), ``guidance.md`` (its table) and ``guidance.png`` into ``out_dir``.
+Writes ``guidance.json`` (one record) and ``guidance.png`` into ``out_dir``.
 
     python bench/guidance.py                                 # shipped model, default data
     python bench/guidance.py --case_stride 4 --out_dir bundle/docs/records   # the documented run (every 4th slice)

@@ -9,7 +9,7 @@ option (``noise``): ``per_case`` (every plane its own noise) and ``per_subject``
 subject), and keeps every metric with its 95% interval, so the table also shows what sharing the noise costs in
 feature distance, mask Dice and diversity.
 
-Writes ``interplane.json`` (one record) and ``interplane.md`` (its table) into ``out_dir``.
+Writes ``interplane.json`` (one record) into ``out_dir`` and prints its table.
 
     python bench/interplane.py                                 # shipped model, every test slice
     python bench/interplane.py --case_stride 4                 # every 4th slice (12 mm apart): quicker

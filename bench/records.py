@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import sys
 from pathlib import Path
 
@@ -41,30 +42,65 @@ def cli_list(value) -> list[str]:
     return [str(v).strip() for v in items if str(v).strip()]
 
 
+# an absolute path: a folder of the machine a benchmark ran on, which a record must not carry
+_ABSOLUTE = re.compile(r"(?<![\w.:/-])/(?:[\w.+-]+/)*[\w.+-]+")
+# the repository's top-level folders: an absolute path through one of them is read from there on
+_TOP = ("bundle", "deploy_app", "pacs_node", "bench", "tests", "testbed")
+
+
+def portable(text: str) -> str:
+    """``text`` with every absolute path made machine-independent: a path in the repository (this checkout's, or
+    another checkout's: the part from one of its top-level folders on) becomes repository-relative, any other path
+    its last component, a file with its folder (places the user picks), e.g. ``--work_dir /scratch/runs/x --out_dir
+    /a/b/bundle/docs --out /c/d/r.json`` -> ``--work_dir x --out_dir bundle/docs --out d/r.json``."""
+    text = text.replace(f"{ROOT}/", "")
+
+    def relative(match: re.Match) -> str:
+        parts = match.group(0).strip("/").split("/")
+        top = next((i for i, part in enumerate(parts) if part in _TOP), None)
+        if top is not None:
+            return "/".join(parts[top:])
+        return "/".join(parts[-2:] if "." in parts[-1] else parts[-1:])
+
+    return _ABSOLUTE.sub(relative, text)
+
+
+def portable_record(value):
+    """``value`` (a record or a part of one) with ``portable`` applied to every string in it."""
+    if isinstance(value, str):
+        return portable(value)
+    if isinstance(value, dict):
+        return {k: portable_record(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [portable_record(v) for v in value]
+    return value
+
+
 def run_info(benchmark: str) -> dict:
-    """The head of a benchmark's record: its name, the command that ran it, and the machine."""
+    """The head of a benchmark's record: its name, the command that ran it (paths repository-relative, see
+    ``portable``), and the machine."""
     return {
         "benchmark": benchmark,
-        "command": f"python bench/{benchmark}.py " + " ".join(sys.argv[1:]),
+        "command": portable(f"python bench/{benchmark}.py " + " ".join(sys.argv[1:])),
         "machine": machine(),
     }
 
 
 def save(result: dict, out: str) -> None:
-    """Prints ``result`` and writes it as JSON to the file ``out`` (its folder made if missing)."""
-    text = json.dumps(result, indent=1)
+    """Prints ``result`` and writes it as JSON to the file ``out`` (its folder made if missing), every path in it
+    machine-independent (``portable``)."""
+    text = json.dumps(portable_record(result), indent=1)
     print(text)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(text)
 
 
 def publish(record: dict, out_dir: str | Path, formatter) -> str:
-    """Saves ``record`` as ``<benchmark>.json`` and its table, ``formatter(record)``, as ``<benchmark>.md`` in
-    ``out_dir``; prints and returns the table."""
+    """Saves ``record`` as ``<benchmark>.json`` in ``out_dir``; prints and returns its table, ``formatter(record)``
+    (the docs' generated blocks are made from the JSON by ``bench/tables.py``)."""
     name = record["benchmark"]
     save(record, str(Path(out_dir) / f"{name}.json"))
-    table = formatter(record)
-    (Path(out_dir) / f"{name}.md").write_text(table)
+    table = formatter(portable_record(record))
     print(table)
     return table
 

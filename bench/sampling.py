@@ -11,7 +11,7 @@ configs, then:
 - training: seconds per iteration of the bundle's trainer against a bare PyTorch loop on the same network and
   batch (trainer overhead ratio).
 
-Writes ``sampling.json`` (one record), ``sampling.md`` (its table, as the docs show it), ``quality_vs_nfe.png``
+Writes ``sampling.json`` (one record), ``quality_vs_nfe.png``
 and ``quality_vs_seconds.png`` into ``out_dir``. Each setting's result is kept in ``work_dir`` with the settings and
 checkpoint digests it depends on: rerun the same command after an interruption and it goes on from the first
 setting not yet measured (DDPM's 1000 steps take hours on a CPU; ``--case_stride`` samples every k-th test slice).

@@ -7,7 +7,7 @@
 - throughput: images per second of one process, training (the bundle's train config: the second of two epochs of
   ``--iterations`` steps, data loading and handlers included) and generating (the inference config at 10 Euler
   NFE on the variant's test split: 1 / seconds_per_sample of info.json), with untrained weights of the bundle's
-  architecture; writes ``scale_throughput.json`` and its table (``.md``). Under torchrun each GPU runs one such
+  architecture; writes ``scale_throughput.json`` and prints its table. Under torchrun each GPU runs one such
   process;
 - memory: the largest cube side (a multiple of 16) that trains at batch 1, 2 and 4 with and without activation
   checkpointing, per GPU memory size. On CUDA it is measured: the peak ``torch.cuda.max_memory_allocated`` of two
@@ -24,7 +24,7 @@
   (Linux) process: its peak resident memory, reset once the imports are done, over its resident memory before the
   network exists is the measured peak.
 
-Each prints its result and writes it to ``<out>/scale_<name>.json``; throughput writes its table as ``.md`` too.
+Each prints its result and writes it to ``<out>/scale_<name>.json``.
 """
 
 from __future__ import annotations
@@ -64,8 +64,8 @@ def throughput(
     variants: str = "mask_class_2d,mask_3d", iterations: int = 4, out: str = "results/scale", **overrides
 ) -> dict:
     """Training and generation images per second of one process, per variant (default image size and batch, the
-    variant's data; ``overrides``: bundle config overrides). Writes ``<out>/scale_throughput.json`` and its table
-    (``.md``); returns the record."""
+    variant's data; ``overrides``: bundle config overrides). Writes ``<out>/scale_throughput.json``, prints
+    its table; returns the record."""
     start = time.perf_counter()
     rows = []
     for variant in cli_list(variants):

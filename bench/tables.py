@@ -6,12 +6,17 @@ A document holds a generated block as
     ...
     <!-- end generated -->
 
-and ``python bench/tables.py`` rewrites every block from its record; ``--check`` only reports (exit 1) the blocks
-that differ from what their record gives, as the test suite does. A number in the docs outside such a block
-is a number no command wrote.
+and ``python bench/tables.py`` rewrites every block from its record. A number in prose names its record in front
+of it:
+
+    flow at 10 NFE has mask Dice <!-- record: sampling.json rows[method=flow,solver=euler,nfe=10].mask_dice -->0.819
+
+(the key path: dict keys and list items, ``[3]`` by index or ``[k=v,...]`` the item whose keys have those values);
+the number must be the record's value at its printed precision (``0.819`` is within 0.0005 of it). ``--check`` only
+reports (exit 1) the blocks and prose numbers that differ from their records, as the test suite does.
 
     python bench/tables.py            # rewrite the blocks
-    python bench/tables.py --check    # exit 1 if any block disagrees with its record
+    python bench/tables.py --check    # exit 1 if any block or prose number disagrees with its record
 """
 
 from __future__ import annotations
@@ -27,8 +32,16 @@ import fire
 
 ROOT = Path(__file__).resolve().parents[1]
 RECORDS = ROOT / "bundle" / "docs" / "records"
-DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "bundle" / "docs").glob("*.md"))]
+DOCUMENTS = [
+    ROOT / "README.md",
+    *sorted((ROOT / "bundle" / "docs").glob("*.md")),
+    ROOT / "deploy_app" / "README.md",
+    *sorted((ROOT / "deploy_app" / "docs").glob("*.md")),
+    ROOT / "pacs_node" / "README.md",
+]
 BLOCK = re.compile(r"(<!-- generated: (\S+) [^>]*-->\n)(.*?)(<!-- end generated -->)", re.S)
+# a prose number and the record it comes from: <!-- record: FILE KEY.PATH -->NUMBER
+PROSE = re.compile(r"<!-- record: (\S+) (.+?) -->([-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?)")
 
 
 def _value(metrics: dict, key: str, digits: int = 3) -> str:
@@ -712,11 +725,54 @@ def stale_blocks(documents: list[Path] = DOCUMENTS, records: Path = RECORDS) -> 
     return stale
 
 
+def lookup(record, path: str):
+    """The value at ``path`` in ``record``: dot-separated keys, each optionally followed by ``[i]`` (a list's item
+    by index) or ``[k=v,...]`` (the one item whose keys ``k`` print as ``v``); KeyError naming what is missing."""
+    value = record
+    for part in re.findall(r"[^.\[\]]+|\[[^\]]*\]", path):
+        if not part.startswith("["):
+            if not isinstance(value, dict) or part not in value:
+                raise KeyError(f"no key '{part}' in {path}")
+            value = value[part]
+        elif "=" not in part:
+            value = value[int(part[1:-1])]
+        else:
+            want = dict(item.split("=", 1) for item in part[1:-1].split(","))
+            hits = [v for v in value if all(str(v.get(k)) == w for k, w in want.items())]
+            if len(hits) != 1:
+                raise KeyError(f"{len(hits)} items match {part} in {path}")
+            value = hits[0]
+    return value
+
+
+def prose_mismatches(documents: list[Path] = DOCUMENTS, records: Path = RECORDS) -> list[str]:
+    """'document: record key: printed (record: value)' for every prose number that is not its record's value at
+    the printed precision, or whose record or key is missing."""
+    wrong = []
+    for doc in documents:
+        for file, path, printed in PROSE.findall(doc.read_text()):
+            where = f"{doc.name}: {file} {path}: {printed}"
+            try:
+                value = lookup(json.loads((records / file).read_text()), path)
+            except (OSError, KeyError, IndexError, TypeError, ValueError) as e:
+                wrong.append(f"{where} ({e})")
+                continue
+            mantissa = printed.lower().split("e")[0]
+            decimals = len(mantissa.split(".")[1]) if "." in mantissa else 0
+            scale = 10 ** int(printed.lower().split("e")[1]) if "e" in printed.lower() else 1
+            if not isinstance(value, (int, float)) or abs(value - float(printed)) > 0.5 * 10**-decimals * scale * (
+                1 + 1e-9
+            ):
+                wrong.append(f"{where} (record: {value})")
+    return wrong
+
+
 def main(check: bool = False) -> None:
-    """Rewrites every generated block from its record (``--check``: only report; exit 1 if any is stale)."""
+    """Rewrites every generated block from its record (``--check``: only report; exit 1 if any block or prose
+    number disagrees with its record)."""
     if check:
-        stale = stale_blocks()
-        print("\n".join(stale) or "every generated block matches its record")
+        stale = stale_blocks() + prose_mismatches()
+        print("\n".join(stale) or "every generated block and prose number matches its record")
         sys.exit(1 if stale else 0)
     for doc in DOCUMENTS:
         text = doc.read_text()

@@ -21,7 +21,7 @@ then:
 - ``interplane_ratio`` beside ``interplane_ratio_real`` (second differences along the feet-head axis over in-plane:
   see ``scripts.metrics.interplane_ratio``), and seconds per volume (the whole test split in one network batch).
 
-Writes ``volumetric.json`` (one record), ``volumetric.md`` (its table) and ``volumetric.png`` (the first test
+Writes ``volumetric.json`` (one record), ``volumetric.png`` (the first test
 volume's mask, the real volume and each setting's first seed, as central axial, coronal and sagittal planes: the
 reformats show whether planes agree) into ``out_dir``. Each seed's set and
 metrics, and each row, are kept in ``work_dir`` with the settings and the checkpoint and segmenter digests they

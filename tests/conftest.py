@@ -28,6 +28,13 @@ TINY_3D = {**TINY, "image_size": [16, 16, 16]}
 VARIANTS = ["uncond_2d", "class_2d", "mask_2d", "mask_class_2d", "mask_spade_2d", "uncond_3d", "mask_3d"]
 
 
+def published_table(folder: Path, name: str) -> str:
+    """The table of the record ``folder/<name>.json`` that a benchmark wrote, as bench/tables.py renders it."""
+    from tables import BLOCKS
+
+    return BLOCKS[name][1](json.loads((Path(folder) / f"{name}.json").read_text()))
+
+
 def tiny(variant: str) -> dict:
     return TINY_3D if variant.endswith("3d") else TINY_2D
 

@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from conftest import tiny
+from conftest import published_table, tiny
 from scripts.provenance import file_sha256
 
 
@@ -53,7 +53,7 @@ def test_sampling_benchmark(data_dir, small_datalist, tiny_model, tiny_ddpm, tmp
     # DDPM's ancestral sampler calls the network once per step; the bare forward is timed on the same batch
     assert rows[("ddpm", "ddpm", 3)]["nfe"] == 3 and rows[("ddpm", "ddpm", 3)]["sampler_overhead"] > 0
     assert record["models"]["flow"]["iterations"] > 0  # the models' provenance travels with the record
-    table = (tmp_path / "sampling.md").read_text()
+    table = published_table(tmp_path, "sampling")
     assert table.count("\n| flow |") == 3 and "| ddpm | ddpm | 3 |" in table
     assert "Flow at 10 NFE against DDPM ddpm 1000: not in this record." in table  # the claim's goals, stated
     assert all((tmp_path / name).stat().st_size > 1000 for name in ("quality_vs_nfe.png", "quality_vs_seconds.png"))
@@ -103,7 +103,7 @@ def test_downstream_benchmark(data_dir, small_datalist, tiny_model, tmp_path):
         for key in ("segmenter_dice", "classifier_accuracy"):
             lo, hi = m["ci95"][key]
             assert 0 <= lo <= m[key] <= hi <= 1 and m["seed_std"][key] >= 0
-    assert (tmp_path / "downstream.md").read_text().count("\n| ") == 4  # a row per training set
+    assert published_table(tmp_path, "downstream").count("\n| ") == 4  # a row per training set
     assert (tmp_path / "downstream.png").stat().st_size > 0
 
 
@@ -131,7 +131,7 @@ def test_generalisation_benchmark(data_dir, small_datalist, tiny_model, segmente
     for data in ("test subjects", "larger deformations"):  # one real set, one segmenter: one ceiling per data set
         assert len({rows[(data, m)]["mask_dice_real"] for m in methods}) == 1
     assert record["model"]["iterations"] > 0  # the card's provenance travels with the record
-    table = (tmp_path / "generalisation.md").read_text()
+    table = published_table(tmp_path, "generalisation")
     assert table.count("| nearest_training |") == 2 and "Model: " in table
     assert (tmp_path / "generalisation.png").stat().st_size > 1000
     samples = tmp_path / "samples_test_subjects.png"  # the model's own grid on the test subjects
@@ -157,7 +157,7 @@ def test_guidance_benchmark(data_dir, small_datalist, tiny_model, classifier, tm
     assert rows[1.0]["psnr_paired"] != rows[2.0]["psnr_paired"]  # the scale reaches the sampler
     for m in rows.values():  # one classifier, one real set: one ceiling
         assert 0 <= m["class_accuracy"] <= 1 and m["class_accuracy_real"] == rows[1.0]["class_accuracy_real"]
-    assert (tmp_path / "guidance.md").read_text().count("\n| ") == 2  # a row per scale, under the header
+    assert published_table(tmp_path, "guidance").count("\n| ") == 2  # a row per scale, under the header
     assert (tmp_path / "guidance.png").stat().st_size > 1000
 
 
@@ -185,7 +185,7 @@ def test_ddpm_selection_benchmark(data_dir, small_datalist, segmenter, tmp_path)
     assert (record["chosen"]["noise_schedule"], record["chosen"]["prediction_type"]) == best
     cards = {k: torch.load(tmp_path / "runs" / f"{k[0]}-{k[1]}" / "model.pt", weights_only=True)["card"] for k in rows}
     assert {c["schedule"]["schedule"] for c in cards.values()} == {"linear_beta", "cosine"}
-    assert "Chosen: " in (tmp_path / "ddpm_selection.md").read_text()
+    assert "Chosen: " in published_table(tmp_path, "ddpm_selection")
 
 
 def test_scale_cpu_measures_memory_and_time_beside_the_estimate(tmp_path):
@@ -218,7 +218,7 @@ def test_scale_throughput_trains_and_generates_the_variants_test_split(data_dir,
     assert row["variant"] == "mask_class_2d" and row["image_size"] == [16, 16] and row["nfe"] == 10
     assert row["generated"] == len(json.loads(small_datalist.read_text())["test"])
     assert row["train_images_per_second"] > 0 and row["generate_images_per_second"] > 0
-    table = (tmp_path / "scale_throughput.md").read_text()
+    table = published_table(tmp_path, "scale_throughput")
     assert table.count("\n| mask_class_2d | 16x16 |") == 1 and "python bench/scale.py" in table
 
 

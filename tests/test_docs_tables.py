@@ -5,11 +5,38 @@ from __future__ import annotations
 import json
 import shutil
 
-from tables import RECORDS, render, stale_blocks
+from records import portable
+from tables import DOCUMENTS, PROSE, RECORDS, ROOT, lookup, prose_mismatches, render, stale_blocks
+
+MACHINE_FOLDERS = ("/work/", "/tmp/", "/home/", "/root/")
 
 
 def test_documented_tables_match_their_records():
     assert stale_blocks() == []
+
+
+def test_documented_prose_numbers_match_their_records():
+    docs = {str(d.relative_to(ROOT)): len(PROSE.findall(d.read_text())) for d in DOCUMENTS}
+    assert (
+        docs["README.md"] > 0 and docs["bundle/docs/benchmarks.md"] > 0
+    )  # the convention is in use where results are told
+    assert prose_mismatches() == []
+
+
+def test_a_prose_number_is_checked_at_its_printed_precision(tmp_path):
+    (tmp_path / "r.json").write_text(
+        json.dumps(
+            {"rows": [{"method": "flow", "nfe": 10, "dice": 0.81949}, {"method": "ddpm", "nfe": 10, "dice": 0.5}]}
+        )
+    )
+    assert lookup(json.loads((tmp_path / "r.json").read_text()), "rows[method=ddpm,nfe=10].dice") == 0.5
+    doc = tmp_path / "doc.md"
+    mark = "<!-- record: r.json rows[method=flow].dice -->"
+    doc.write_text(f"Dice {mark}0.819, or {mark}0.82, or {mark}0.8195, and {mark}8.195e-01.\n")
+    assert prose_mismatches([doc], tmp_path) == []
+    doc.write_text(f"Dice {mark}0.818 and <!-- record: r.json rows[method=gan].dice -->0.9.\n")
+    wrong = prose_mismatches([doc], tmp_path)
+    assert len(wrong) == 2 and "(record: 0.81949)" in wrong[0] and "0 items match" in wrong[1]
 
 
 def test_a_changed_record_makes_its_block_stale(tmp_path):
@@ -98,3 +125,20 @@ def test_the_training_table_reads_the_cards_history():
     assert "| training files (SHA-256) | aaaaaaaa to 200, bbbbbbbb |" in table
     assert "| lowest | 0.04 at 200 | 0.049 at 500 |" in table
     assert "| last two points | 0.0401 at 400 to 0.04 at 500 (flat) | 0.05 at 400 to 0.049 at 500 (not flat) |" in table
+
+
+def test_records_and_docs_name_no_machine_folders():
+    files = [*RECORDS.glob("*.json"), *DOCUMENTS]
+    assert files and not [f.name for f in files if any(m in f.read_text() for m in MACHINE_FOLDERS)]
+    assert not list(RECORDS.glob("*.md"))  # the records are JSON (+ PNG); their tables are the docs' blocks
+
+
+def test_a_records_paths_are_made_repository_relative():
+    command = (
+        f"python bench/x.py --out_dir {ROOT}/bundle/docs/records --work_dir /scratch/me/runs/x_runs "
+        "--ckpt /other/checkout/bundle/models/model.pt --out=/w/out/r.json --seeds (0,1) --note 1/2 of a/b"
+    )
+    assert portable(command) == (
+        "python bench/x.py --out_dir bundle/docs/records --work_dir x_runs "
+        "--ckpt bundle/models/model.pt --out=out/r.json --seeds (0,1) --note 1/2 of a/b"
+    )

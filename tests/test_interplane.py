@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import tiny
+from conftest import published_table, tiny
 from scripts.evaluation import Evaluation, slice_stacks
 from scripts.metrics import interplane_ratio
 from scripts.sampler import FlowSampler, noise_index
@@ -127,4 +127,4 @@ def test_interplane_benchmark(data_dir, tiny_model, tmp_path):
         assert m["interplane_ratio"] > 0 and m["interplane_ratio_real"] == rows["per_case"]["interplane_ratio_real"]
         assert m["interplane_ratio_real"] > 0 and len(m["ci95"]["interplane_ratio"]) == 2
     assert rows["per_case"]["interplane_ratio"] != rows["per_subject"]["interplane_ratio"]  # the option reaches it
-    assert (tmp_path / "interplane.md").read_text().count("\n| ") == 2  # a row per noise option, under the header
+    assert published_table(tmp_path, "interplane").count("\n| ") == 2  # a row per noise option, under the header

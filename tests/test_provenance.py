@@ -123,3 +123,11 @@ def test_the_lowest_validation_loss_keeps_its_model_file(data_dir, small_datalis
     assert best["card"]["provenance"]["iterations"] == curve[0][0] == first["card"]["provenance"]["iterations"]
     assert all(torch.equal(best["ema"][k], first["ema"][k]) for k in first["ema"])
     assert last["card"]["provenance"]["settings_history"] == [{"until_iteration": curve[0][0], "lr": 0.001}]
+
+
+def test_a_card_names_its_datalist_without_the_machines_folders(tmp_path):
+    from scripts.provenance import BUNDLE_TOP, portable_path
+
+    assert portable_path(str(BUNDLE_TOP / "bundle" / "data" / "datalist_2d.json")) == "bundle/data/datalist_2d.json"
+    (tmp_path / "mine.json").write_text("{}")
+    assert data_fingerprint(str(tmp_path / "mine.json"), [])["datalist"] == "mine.json"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import CONFIGS, run_bundle, sample, tiny, train
+from conftest import CONFIGS, published_table, run_bundle, sample, tiny, train
 from scripts.evaluation import Evaluation
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -126,7 +126,7 @@ def test_volumetric_benchmark(data_dir, datalist_3d, flow_3d, ddpm_3d, segmenter
         assert 0 < lo <= row["fd_patches"] <= hi
     assert rows[("flow", "euler", 1)]["fd_patches"] != rows[("flow", "euler", 2)]["fd_patches"]  # NFE reaches it
     assert "mask_dice_real" not in rows[("flow", "euler", 1)]["seed_range"]  # one real set: no range
-    table = (tmp_path / "volumetric.md").read_text()
+    table = published_table(tmp_path, "volumetric")
     assert table.count("\n| flow | euler |") == 2 and "| ddpm | ddpm | 3 |" in table and "(the floor)" in table
     assert "Flow at 10 NFE against DDPM ddpm 1000: not in this record" in table  # the goals name what is missing
     assert (tmp_path / "volumetric.png").stat().st_size > 1000

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 SCRIPTS_DIR = os.path.dirname(os.path.abspath(__file__))
 BUNDLE_DIR = os.path.dirname(SCRIPTS_DIR)
@@ -29,9 +30,21 @@ def file_sha256(path: str) -> str:
     return digest.hexdigest()
 
 
+# the folder that holds the bundle (the repository, in a checkout)
+BUNDLE_TOP = Path(__file__).resolve().parents[2]
+
+
+def portable_path(path: str) -> str:
+    """``path`` as a model card keeps it, free of the training machine's folders: relative to the folder that holds
+    the bundle when it lies there (e.g. ``bundle/data/datalist_2d.json``), else its file name."""
+    path, top = os.path.abspath(path), str(BUNDLE_TOP)
+    return os.path.relpath(path, top) if path.startswith(top + os.sep) else os.path.basename(path)
+
+
 def data_fingerprint(datalist: str, cases: Sequence[Mapping]) -> dict:
     """SHA-256 of the datalist file and of every image and label file of ``cases`` (DICOM folders file by file),
-    in the cases' order: the same fingerprint means the same training data, byte for byte."""
+    in the cases' order: the same fingerprint means the same training data, byte for byte. The datalist is named
+    by ``portable_path``."""
     digest = hashlib.sha256()
     for case in cases:
         for key in ("image", "label"):
@@ -49,7 +62,7 @@ def data_fingerprint(datalist: str, cases: Sequence[Mapping]) -> dict:
     listing = hashlib.sha256()
     _hash_file(listing, datalist)
     return {
-        "datalist": os.path.abspath(datalist),
+        "datalist": portable_path(datalist),
         "datalist_sha256": listing.hexdigest(),
         "files_sha256": digest.hexdigest(),
         "num_cases": len(cases),
