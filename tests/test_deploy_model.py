@@ -22,7 +22,8 @@ from motfm_deploy.model import LPS_TO_RAS, MAX_VOXELS, Bundle, find_bundle, volu
 from motfm_deploy.stack import Stack
 from operators.denoise import denoise
 from operators.seg_reader import synthesis_job
-from operators.synthesis import axial_levels, class_rule, synthesis_cases, synthesize
+from operators.synthesis import class_rule, plane_classes, synthesis_cases, synthesize
+from scripts.classes import CLASS_RULES
 from testbed import ROOT
 from testbed.bundles import BUNDLE, BUNDLE_VERSION, make_bundle, tiny_deploy
 from testbed.studies import study_header, write_mr_series, write_seg
@@ -106,15 +107,16 @@ def test_a_bundle_that_does_not_fit_is_refused(tmp_path, bundle_2d):
 
 def test_axial_levels(job):
     """Thirds of the labelled extent along the feet-head axis, by slice rank; not axial: no class."""
-    assert axial_levels(job.planes, job.labels) == [0, 0, 1, 1, 2]
-    assert axial_levels(job.planes[::-1], job.labels[::-1]) == [2, 1, 1, 0, 0]
+    axial_levels = CLASS_RULES["axial_level"]
+    assert plane_classes(axial_levels, job.planes, job.labels) == [0, 0, 1, 1, 2]
+    assert plane_classes(axial_levels, job.planes[::-1], job.labels[::-1]) == [2, 1, 1, 0, 0]
     labels = job.labels.copy()
     labels[0] = 0  # the lowest plane holds no brain: it counts as the inferior end
-    assert axial_levels(job.planes, labels) == [0, 0, 0, 1, 2]
+    assert plane_classes(axial_levels, job.planes, labels) == [0, 0, 0, 1, 2]
     sagittal = [type(p)(**{**p.__dict__, "row_cosine": np.array([0.0, 1, 0])}) for p in job.planes]
     for plane in sagittal:
         plane.column_cosine = np.array([0.0, 0, -1])
-    assert axial_levels(sagittal, job.labels) == [None] * 5
+    assert plane_classes(axial_levels, sagittal, job.labels) == [None] * 5
 
 
 def test_model_cards_declare_what_their_classes_mean():
@@ -162,7 +164,7 @@ def with_card_classes(bundle: Bundle, folder, classes=None, drop: bool = False, 
 def test_class_models_need_a_class_rule_the_app_knows(tmp_path, job, bundle_2d):
     """The app gives a class model the classes of the rule its card declares; a file without a declaration takes
     the bundle config's; a card that declares none, or a rule the app does not know, is refused naming the file."""
-    assert bundle_2d.model.classes == AXIAL_LEVELS and class_rule(bundle_2d.model) is axial_levels
+    assert bundle_2d.model.classes == AXIAL_LEVELS and class_rule(bundle_2d.model) is CLASS_RULES["axial_level"]
     older = with_card_classes(bundle_2d, tmp_path / "older", drop=True).model
     assert older.classes == AXIAL_LEVELS and synthesize(older, job).details == "axial level classes [0, 1, 2]"
     refused = {
@@ -184,7 +186,7 @@ def test_class_models_need_a_class_rule_the_app_knows(tmp_path, job, bundle_2d):
 def test_the_shipped_model_declares_its_classes_through_the_bundle_config():
     """bundle/models/model.pt, whose card may predate class declarations, gets the axial levels."""
     model = Bundle(ROOT / "bundle").model
-    assert model.num_classes == 3 and model.classes == AXIAL_LEVELS and class_rule(model) is axial_levels
+    assert model.num_classes == 3 and model.classes == AXIAL_LEVELS and class_rule(model) is CLASS_RULES["axial_level"]
 
 
 def test_synthesis_2d_is_reproducible_on_the_source_grid(job, bundle_2d):

@@ -8,7 +8,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from scripts.synthetic_subjects import TEMPLATE_FILES, axial_level, build, nilearn_template_dir, tissue_labels
+from scripts.classes import axial_level
+from scripts.synthetic_subjects import TEMPLATE_FILES, build, nilearn_template_dir, tissue_labels
 
 
 def test_tissue_labels_take_the_most_probable_tissue_inside_the_brain():

@@ -2,6 +2,8 @@
 
 - ``msd_brain``: Medical Segmentation Decathlon Task01 BrainTumour -> one MR modality with its tumour labels, as
   3D volumes (no class) or as axial 2D slices with brain (class 1 if the slice holds tumour, else 0);
+- ``brats``: BraTS 2021+/2023 glioma (``BraTS-GLI-XXXXX-XXX/`` folders) -> one modality with its tumour labels
+  remapped to 0..3 (``BRATS_LABEL_MAP``), as volumes or axial slices (as ``msd_brain``);
 - ``camus``: CAMUS echocardiography -> the 2D ED/ES frames of the 2- and 4-chamber views with their masks
   (class = view x phase).
 
@@ -20,7 +22,7 @@ import contextlib
 import json
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import fire
 import nibabel as nib
@@ -29,13 +31,19 @@ from tqdm import tqdm
 
 if __package__:
     from .files import staged_folder
+    from .planes import plane_affine
 else:  # run as a file: python bundle/scripts/convert.py
     from files import staged_folder
+    from planes import plane_affine
 
 SPLITS = ("training", "validation", "test")
 DATALIST = "datalist.json"
 DEFAULT_FRACTIONS = (0.8, 0.1, 0.1)
 MSD_CLASSES = ("no_tumour", "tumour")
+BRATS_MODALITIES = ("t1n", "t1c", "t2w", "t2f")  # native T1, contrast-enhanced T1, T2, T2-FLAIR
+BRATS_LABELS = ("background", "necrotic_tumour_core", "peritumoral_edema", "enhancing_tumour")
+# BraTS 2021 labels enhancing tumour 4, BraTS 2023 3 (and has no 4): both become 3, so labels are 0..3
+BRATS_LABEL_MAP = {0: 0, 1: 1, 2: 2, 3: 3, 4: 3}
 CAMUS_LABELS = ("background", "lv_endocardium", "lv_myocardium", "left_atrium")
 CAMUS_VIEWS = ("2CH", "4CH")
 CAMUS_PHASES = ("ED", "ES")
@@ -103,20 +111,33 @@ def _like(array: np.ndarray, affine: np.ndarray, like: nib.Nifti1Image) -> nib.N
     return type(like)(array, affine, header)
 
 
-def _slice_affine(affine: np.ndarray, z: int) -> np.ndarray:
-    """The affine (4, 4) of axial slice ``z`` of a volume: the volume's, moved to the slice's position."""
-    out = affine.copy()
-    out[:3, 3] += affine[:3, 2] * z
-    return out
+def remap_labels(array: np.ndarray, label_map: Mapping[int, int] | None, path: str) -> np.ndarray:
+    """``array`` with each value v replaced by ``label_map[v]`` (None: as it is); a value the map lacks is a
+    ValueError naming ``path``."""
+    if label_map is None:
+        return array
+    label_map = {int(k): int(v) for k, v in label_map.items()}
+    values = np.unique(array)
+    unmapped = [v for v in values.tolist() if v not in label_map]
+    if unmapped:
+        raise ValueError(f"{path}: label values {unmapped[:5]} are not in the label map {label_map}")
+    lookup = np.array([label_map[v] for v in values.tolist()])
+    return lookup[np.searchsorted(values, array)]
 
 
-def _checked_label(label: nib.Nifti1Image, shape: Sequence[int], num_labels: int, image_path: str) -> np.ndarray:
-    """The label's array (uint8, shape ``shape``) after checking its grid against its image's and its values
-    against 0..num_labels-1."""
+def _checked_label(
+    label: nib.Nifti1Image,
+    shape: Sequence[int],
+    num_labels: int,
+    image_path: str,
+    label_map: Mapping[int, int] | None = None,
+) -> np.ndarray:
+    """The label's array (uint8, shape ``shape``), remapped by ``label_map`` (``remap_labels``), after checking
+    its grid against its image's and its values against 0..num_labels-1."""
     path = label.get_filename()
     if tuple(label.shape) != tuple(shape):
         raise ValueError(f"{path}: label shape {tuple(label.shape)} differs from its image {image_path} {tuple(shape)}")
-    array = np.asarray(label.dataobj)
+    array = remap_labels(np.asarray(label.dataobj), label_map, path)
     values = np.unique(array)
     bad = values[(values != np.round(values)) | (values < 0) | (values >= num_labels)]
     if bad.size:
@@ -168,6 +189,24 @@ def _names(mapping: dict, what: str, path: str) -> list[str]:
     return [mapping[str(i)] for i in range(len(mapping))]
 
 
+def _tumour_pairs(
+    name: str, volume: np.ndarray, image: nib.Nifti1Image, seg: np.ndarray, label: nib.Nifti1Image, mode: str
+) -> list[tuple]:
+    """A tumour case's (name, image, label, class) items: "3d" the volume (X, Y, Z), no class; "2d" its axial
+    slices (X, Y) where the image is not all zero, class 1 if the slice holds tumour (label > 0), else 0."""
+    if mode == "3d":
+        return [(name, _like(volume, image.affine, image), _like(seg, label.affine, label), None)]
+    return [
+        (
+            f"{name}_z{z:03d}",
+            _like(volume[:, :, z], plane_affine(image.affine, 2, z), image),
+            _like(seg[:, :, z], plane_affine(label.affine, 2, z), label),
+            int(seg[:, :, z].any()),
+        )
+        for z in np.flatnonzero(volume.any(axis=(0, 1))).tolist()
+    ]
+
+
 def msd_brain(
     src: str,
     out_dir: str,
@@ -213,18 +252,7 @@ def msd_brain(
             volume = np.asarray(image.dataobj[..., channel])
             label = nib.load(label_path)
             seg = _checked_label(label, volume.shape, len(label_names), image_path)
-            if mode == "3d":
-                pairs = [(name, _like(volume, image.affine, image), _like(seg, label.affine, label), None)]
-            else:
-                pairs = [
-                    (
-                        f"{name}_z{z:03d}",
-                        _like(volume[:, :, z], _slice_affine(image.affine, z), image),
-                        _like(seg[:, :, z], _slice_affine(label.affine, z), label),
-                        int(seg[:, :, z].any()),
-                    )
-                    for z in np.flatnonzero(volume.any(axis=(0, 1))).tolist()
-                ]
+            pairs = _tumour_pairs(name, volume, image, seg, label, mode)
             lists[split[name]] += [_write_pair(folder, *pair, subject=name) for pair in pairs]
         kind = "axial slices with brain, class 1 if the slice holds tumour" if mode == "2d" else "volumes"
         meta_out = {
@@ -237,6 +265,74 @@ def msd_brain(
         }
         _write_datalist(folder, lists, meta_out)
     return _report(f"msd_brain {mode} {modalities[channel]}, {len(cases)} cases", lists, out_dir)
+
+
+def _brats_subjects(src: str, modality: str) -> list[tuple[str, str, str]]:
+    """The (name, image, seg) files of every ``BraTS-*`` subject folder of a BraTS 2021+/2023 release."""
+    subjects = sorted(d for d in os.listdir(src) if d.startswith("BraTS") and os.path.isdir(os.path.join(src, d)))
+    if not subjects:
+        raise ValueError(f"no BraTS subject folders (BraTS-GLI-XXXXX-XXX) in {src}")
+    return [
+        (name, *(_require(os.path.join(src, name, f"{name}-{kind}.nii.gz")) for kind in (modality, "seg")))
+        for name in subjects
+    ]
+
+
+def brats(
+    src: str,
+    out_dir: str,
+    mode: str = "2d",
+    modality: str = "t1n",
+    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    seed: int = 0,
+    overwrite: bool = False,
+) -> str:
+    """Converts a BraTS 2021+/2023 glioma release (``BraTS-GLI-XXXXX-XXX/`` folders of ``<name>-t1n``, ``-t1c``,
+    ``-t2w``, ``-t2f`` and ``-seg.nii.gz``) and returns the datalist.
+
+    Labels are remapped by ``BRATS_LABEL_MAP`` to 0 background, 1 necrotic tumour core, 2 peritumoral edema,
+    3 enhancing tumour (2021's 4 and 2023's 3 both become 3); other values are an error naming the file.
+
+    Args:
+        src: the folder holding the subject folders.
+        out_dir: the folder to write (it must not exist unless ``overwrite``).
+        mode: "3d": one volume per subject, no class; "2d": its axial slices where the image is not all zero,
+            class 1 if the slice holds tumour, else 0 (as ``msd_brain``).
+        modality: one of ``BRATS_MODALITIES``.
+        fractions: (training, validation, test) fractions of the subjects; slices follow their subject.
+        seed: seed of the split.
+        overwrite: replace an existing ``out_dir``.
+    """
+    if mode not in ("2d", "3d"):
+        raise ValueError(f"mode must be '2d' or '3d', got {mode!r}")
+    if modality not in BRATS_MODALITIES:
+        raise ValueError(f"modality must be one of {list(BRATS_MODALITIES)}, got {modality!r}")
+    src = _check_source(src)
+    with _staging(out_dir, src, overwrite) as folder:
+        subjects = _brats_subjects(src, modality)
+        split = split_patients([name for name, _, _ in subjects], fractions, seed)
+        lists = {s: [] for s in SPLITS}
+        for name, image_path, seg_path in tqdm(subjects, desc=f"brats {mode}", unit="subject"):
+            image = nib.load(image_path)
+            if image.ndim != 3:
+                raise ValueError(f"{image_path}: expected a 3D volume, got shape {image.shape}")
+            volume = np.asarray(image.dataobj)
+            label = nib.load(seg_path)
+            seg = _checked_label(label, volume.shape, len(BRATS_LABELS), image_path, BRATS_LABEL_MAP)
+            pairs = _tumour_pairs(name, volume, image, seg, label, mode)
+            lists[split[name]] += [_write_pair(folder, *pair, subject=name) for pair in pairs]
+        kind = "axial slices with brain, class 1 if the slice holds tumour" if mode == "2d" else "volumes"
+        meta_out = {
+            "description": f"BraTS glioma, {modality} {kind}",
+            "source": "BraTS 2021+/2023 glioma (https://www.synapse.org/brats), see its data use terms",
+            "modality": modality,
+            "labels": dict(enumerate(BRATS_LABELS)),
+            "label_map": {str(k): v for k, v in BRATS_LABEL_MAP.items()},
+            **({"classes": dict(enumerate(MSD_CLASSES))} if mode == "2d" else {}),
+            "split": f"by subject: fractions {list(fractions)}, seed {seed}",
+        }
+        _write_datalist(folder, lists, meta_out)
+    return _report(f"brats {mode} {modality}, {len(subjects)} subjects", lists, out_dir)
 
 
 def _read_cfg(path: str) -> dict[str, str]:
@@ -338,4 +434,4 @@ def camus(
 
 
 if __name__ == "__main__":
-    fire.Fire({"msd_brain": msd_brain, "camus": camus})
+    fire.Fire({"msd_brain": msd_brain, "brats": brats, "camus": camus})

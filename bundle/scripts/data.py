@@ -37,6 +37,8 @@ from monai.transforms import (
 )
 from monai.utils import convert_to_tensor
 
+from .planes import plane_affine, take_plane
+
 KEYS = ("image", "label")
 # training augmentations: "affine" (flip + small rotation/scaling, resampled bilinearly: low-passes the targets),
 # "flip_shift" (flip + integer shifts: no resampling, targets stay as sharp as the data), "flip", "none"
@@ -54,10 +56,9 @@ def load_cases(
     num_classes: int = 0,
     require_image: bool = True,
 ) -> list[dict]:
-    """Reads one split of a datalist and checks it against the variant; every problem names its file.
-
-    Returns the cases with absolute paths, each with its position in the split as ``index`` and a unique ``id``.
-    """
+    """Reads one split of a datalist and checks it against the variant (``check_cases``); every problem names its
+    file. Returns the cases with absolute paths, each with its position in the split as ``index`` and a unique
+    ``id``."""
     if not os.path.isfile(datalist):
         raise FileNotFoundError(f"datalist not found: {datalist}")
     try:
@@ -71,26 +72,37 @@ def load_cases(
     if not content[split]:
         raise ValueError(f"the '{split}' list of datalist {datalist} is empty")
     base = dataset_dir if dataset_dir is not None else os.path.dirname(os.path.abspath(datalist))
+    items = [{"image": item} if isinstance(item, str) else dict(item) for item in content[split]]
+    for item in items:
+        item.update({key: os.path.normpath(os.path.join(base, item[key])) for key in KEYS if key in item})
+    return check_cases(items, f"of '{split}' in {datalist}", use_mask, num_classes, require_image)
+
+
+def check_cases(
+    items: Sequence[dict], where: str, use_mask: bool = False, num_classes: int = 0, require_image: bool = True
+) -> list[dict]:
+    """Checks cases ``{"image"?, "label"?: absolute path, "class"?, ...}`` against the variant (files exist, a
+    label where the model takes a mask, a class in range where it takes a class) and gives each its position
+    ``index`` and a unique ``id``; problems name case ``i`` ``where`` (e.g. "of 'test' in datalist.json")."""
     cases, ids = [], set()
-    for index, item in enumerate(content[split]):
-        where = f"case {index} of '{split}' in {datalist}"
-        item = {"image": item} if isinstance(item, str) else dict(item)
+    for index, item in enumerate(items):
+        at = f"case {index} {where}"
+        item = dict(item)
         for key in KEYS:
-            if key in item:
-                item[key] = os.path.normpath(os.path.join(base, item[key]))
-                if not os.path.exists(item[key]):
-                    raise FileNotFoundError(f"{where}: {key} file not found: {item[key]}")
+            if key in item and not os.path.exists(item[key]):
+                raise FileNotFoundError(f"{at}: {key} file not found: {item[key]}")
         if require_image and "image" not in item:
-            raise ValueError(f"{where} has no 'image'")
+            raise ValueError(f"{at} has no 'image'")
         if use_mask and "label" not in item:
-            raise ValueError(f"{where} has no 'label', but this variant is conditioned on a mask")
+            raise ValueError(f"{at} has no 'label', but this variant is conditioned on a mask")
         if num_classes:
             if "class" not in item:
-                raise ValueError(f"{where} has no 'class', but this variant is conditioned on a class")
+                raise ValueError(f"{at} has no 'class', but this variant is conditioned on a class")
             if not isinstance(item["class"], int) or not 0 <= item["class"] < num_classes:
-                raise ValueError(f"{where}: class {item['class']!r} is out of range 0..{num_classes - 1}")
+                raise ValueError(f"{at}: class {item['class']!r} is out of range 0..{num_classes - 1}")
         item["index"] = index
-        item["id"] = case_id(item, index, ids)
+        item["id"] = item.get("id") or case_id(item, index, ids)
+        ids.add(item["id"])
         cases.append(item)
     return cases
 
@@ -124,6 +136,30 @@ class ReadImaged(LoadImaged):
     def __init__(self, keys: KeysCollection, ensure_channel_first: bool = False, allow_missing_keys: bool = False):
         super().__init__(keys, image_only=True, allow_missing_keys=allow_missing_keys)
         self._loader = ReadImage(image_only=True, ensure_channel_first=ensure_channel_first)
+
+
+class TakePlaned(MapTransform):
+    """Of a case that names a ``plane`` and ``axis`` of a loaded volume (1, X, Y, Z), keeps that plane (1, *two
+    other axes) as a 2D image whose affine, original affine and shape are the plane's (``planes.plane_affine``),
+    so it goes back to its own place in the volume; other cases pass unchanged."""
+
+    def __init__(self, keys: KeysCollection = KEYS) -> None:
+        super().__init__(keys, allow_missing_keys=True)
+
+    def __call__(self, data: Mapping) -> dict:
+        d = dict(data)
+        if "plane" not in d:
+            return d
+        for key in self.key_iterator(d):
+            volume = d[key]
+            if volume.ndim != 4:
+                continue
+            plane, axis = int(d["plane"]), int(d["axis"])
+            affine = plane_affine(np.asarray(volume.meta["original_affine"]), axis, plane)
+            array = torch.as_tensor(take_plane(volume.as_tensor(), axis + 1, plane))
+            meta = {**volume.meta, "original_affine": affine, "spatial_shape": np.array(array.shape[1:])}
+            d[key] = MetaTensor(array, affine=torch.as_tensor(affine), meta=meta)
+        return d
 
 
 def percentile_range(
@@ -184,7 +220,7 @@ def input_transforms(
     so that a ``CacheDataset`` caches everything before the first random transform."""
     load = ReadImaged(KEYS, ensure_channel_first=True, allow_missing_keys=True)
     xforms = model_transforms(image_size, num_labels, intensity_range, augment, resize, patch_size)
-    return Compose([load, *xforms.transforms])
+    return Compose([load, TakePlaned(), *xforms.transforms])
 
 
 def model_transforms(

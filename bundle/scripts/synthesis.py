@@ -36,7 +36,7 @@ from monai.data import DataLoader, Dataset, decollate_batch
 from torch import nn
 from tqdm import tqdm
 
-from .data import ReadImage, to_source_grid, to_units
+from .data import KEYS, ReadImage, to_source_grid, to_units
 from .distributed import all_gather, rank, world_size
 from .files import atomic_path, save_json, staged_folder
 from .sampler import Sampler, noise_index, warm_up
@@ -52,11 +52,13 @@ def unconditional_cases(num_samples: int) -> list[dict]:
 
 def case_entry(case: Mapping) -> dict:
     """A case's entry in the generated datalist, with paths relative to ``output_dir``: its image, label and class,
-    and the subject whose mask it was made from (so real and generated cases mix in one datalist)."""
-    entry = {"image": f"images/{case['id']}.nii.gz"}
+    and the subject whose mask it was made from (so real and generated cases mix in one datalist). The planes of a
+    mask volume (``masks.mask_cases``) share one entry: their volume's, without a class."""
+    name = case.get("volume", case["id"])
+    entry = {"image": f"images/{name}.nii.gz"}
     if "label" in case:
-        entry["label"] = f"labels/{case['id']}.nii.gz"
-    if "class" in case:
+        entry["label"] = f"labels/{name}.nii.gz"
+    if "class" in case and "volume" not in case:
         entry["class"] = int(case["class"])
     if "subject" in case:
         entry["subject"] = str(case["subject"])
@@ -149,9 +151,12 @@ class Synthesis:
         """Writes this rank's share of the cases that ``folder`` lacks; then rank 0 writes the datalist, the grid
         and the info of all cases."""
         start = time.perf_counter()
-        entries = [case_entry(case) for case in self.cases]
-        share = list(zip(self.cases, entries))[rank() :: world_size()]
-        todo = [case for case, entry in share if not os.path.exists(os.path.join(folder, entry["image"]))]
+        outputs: dict[str, list[dict]] = {}  # output image -> its cases (a volume's planes, else one)
+        for case in self.cases:
+            outputs.setdefault(case_entry(case)["image"], []).append(case)
+        entries = [case_entry(cases[0]) for cases in outputs.values()]
+        share = list(outputs.items())[rank() :: world_size()]
+        todo = [case for image, cases in share if not os.path.exists(os.path.join(folder, image)) for case in cases]
         stats = all_gather(self._sample(folder, todo))  # (cases, sampling seconds, NFE) of every rank
         generated = sum(s[0] for s in stats)
         info = {
@@ -165,7 +170,7 @@ class Synthesis:
             "device": str(self.device),
         }
         if rank() == 0:
-            self._save_grid(folder, entries)
+            self._save_grid(folder)
             save_json({"training": entries}, os.path.join(folder, "datalist.json"))
             save_json(info, os.path.join(folder, "info.json"))
         all_gather(None)  # no rank returns before the set is complete
@@ -177,7 +182,7 @@ class Synthesis:
             return 0, 0.0, 0
         self.network.to(self.device).eval()
         loader = DataLoader(Dataset(cases, self.transforms), batch_size=self.batch_size, num_workers=0)
-        seconds, nfe = 0.0, 0
+        seconds, nfe, planes = 0.0, 0, {}
         for i, batch in enumerate(tqdm(loader, desc="sampling", unit="batch", disable=rank() > 0)):
             if i == 0:
                 warm_up(self.network, batch, [1, *self.image_size], self.device)
@@ -185,13 +190,16 @@ class Synthesis:
             images, nfe = self.sampler.generate(self.network, batch, [1, *self.image_size], self.seed, self.device)
             images = images.cpu()
             seconds += time.perf_counter() - t0
-            for case, image in zip(decollate_batch(batch), images):
-                self._write_case(folder, case, image)
+            # a batch keeps only the keys its first case has: each case's own keys come from ``cases``
+            first = i * self.batch_size
+            for case, loaded, image in zip(cases[first:], decollate_batch(batch), images):
+                self._write_case(folder, {**case, **{k: loaded[k] for k in KEYS if k in loaded}}, image, planes)
         return len(cases), seconds, nfe
 
-    def _write_case(self, folder: str, case: dict, image: torch.Tensor) -> None:
+    def _write_case(self, folder: str, case: dict, image: torch.Tensor, planes: dict[str, dict]) -> None:
         """Writes one generated image (1, *image_size) in data units on its reference's grid, after its mask: an
-        image on disk means a complete case."""
+        image on disk means a complete case. A volume's plane is kept in ``planes`` ({volume: {plane: array}})
+        until the volume's last, then the volume is written on its mask's grid."""
         entry = case_entry(case)
         reference = case.get("label", case.get("image"))
         image = to_units(image, self.intensity_range)
@@ -200,15 +208,25 @@ class Synthesis:
             affine = np.asarray(image.affine, dtype=np.float64)
         else:
             affine = np.eye(4)
+        array = np.asarray(image[0], dtype=np.float32)
+        if "volume" in case:
+            done = planes.setdefault(case["volume"], {})
+            done[int(case["plane"])] = array
+            if len(done) < int(case["planes"]):
+                return
+            array = np.stack([done[k] for k in range(len(done))], axis=int(case["axis"]))
+            affine = nib.load(case["label"].meta["filename_or_obj"]).affine
+            del planes[case["volume"]]
         if "label" in case:
             _copy_label(case["label"].meta["filename_or_obj"], os.path.join(folder, entry["label"]))
-        _save_nifti(np.asarray(image[0], dtype=np.float32), affine, os.path.join(folder, entry["image"]))
+        _save_nifti(array, affine, os.path.join(folder, entry["image"]))
 
-    def _save_grid(self, folder: str, entries: list[dict]) -> None:
-        """samples.png: the first cases' samples, read back from ``folder``, beside their masks and real images."""
+    def _save_grid(self, folder: str) -> None:
+        """samples.png: the first cases' samples (a volume's: planes), read back from ``folder``, beside their
+        masks and real images."""
         rows: dict[str, list] = {"mask": [], "sample": [], "real": []}
-        for case, entry in list(zip(self.cases, entries))[: self.grid_cases]:
-            loaded = self.transforms({**case, "image": os.path.join(folder, entry["image"])})
+        for case in self.cases[: self.grid_cases]:
+            loaded = self.transforms({**case, "image": os.path.join(folder, case_entry(case)["image"])})
             rows["sample"].append(loaded["image"])
             if "label" in loaded:
                 rows["mask"].append(loaded["label"])

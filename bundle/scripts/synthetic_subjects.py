@@ -40,12 +40,15 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 if __package__:
+    from .classes import CLASS_RULES, LEVEL_NAMES, volume_classes
     from .files import staged_folder
+    from .planes import labelled_planes, plane_affine
 else:  # run as a file: python bundle/scripts/synthetic_subjects.py
+    from classes import CLASS_RULES, LEVEL_NAMES, volume_classes
     from files import staged_folder
+    from planes import labelled_planes, plane_affine
 
 LABEL_NAMES = ("background", "csf_and_other_brain", "grey_matter", "white_matter")
-LEVEL_NAMES = ("inferior", "middle", "superior")
 SPLITS = ("training", "validation", "test")
 TEMPLATE_FILES = {
     "t1": "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
@@ -97,11 +100,6 @@ def tissue_labels(brain: np.ndarray, gm: np.ndarray, wm: np.ndarray) -> np.ndarr
     other = np.clip(1.0 - gm - wm, 0.0, 1.0)
     tissue = np.argmax(np.stack([other, gm, wm]), axis=0).astype(np.uint8) + 1
     return np.where(brain, tissue, 0).astype(np.uint8)
-
-
-def axial_level(z: int, z_min: int, z_max: int) -> int:
-    """Class of an axial slice: 0, 1 or 2 for the inferior, middle or superior third of [z_min, z_max]."""
-    return min(2, max(0, 3 * (z - z_min) // (z_max - z_min + 1)))
 
 
 def _smooth_field(rng: np.random.Generator, channels: int, control: tuple, shape: tuple) -> torch.Tensor:
@@ -209,14 +207,10 @@ def _write_subject(out_dir: str, name: str, subject: dict, affine: np.ndarray, s
     """Writes one subject's axial slices and 2 mm volume; returns (2D cases, 3D case)."""
     labels = labels_from_probabilities(subject["probabilities"])
     image = subject["t1"].round().astype(np.int16)
-    z_brain = np.flatnonzero(labels.any(axis=(0, 1)))
-    z_min, z_max = int(z_brain.min()), int(z_brain.max())
-    area = (labels > 0).reshape(-1, labels.shape[2]).mean(0)
+    _, levels = volume_classes(CLASS_RULES["axial_level"], labels, affine)
     cases = []
-    for z in range(z_min, z_max + 1, slice_step):
-        if area[z] < min_brain:
-            continue
-        slice_affine = affine @ np.array([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, z], [0, 0, 0, 1]])
+    for z in labelled_planes(labels, 2, slice_step, min_brain):
+        slice_affine = plane_affine(affine, 2, z)
         file = f"{name}_z-{z:03d}.nii.gz"
         _save(image[:, :, z], slice_affine, os.path.join(out_dir, "2d/images", file))
         _save(labels[:, :, z], slice_affine, os.path.join(out_dir, "2d/labels", file))
@@ -224,7 +218,7 @@ def _write_subject(out_dir: str, name: str, subject: dict, affine: np.ndarray, s
             {
                 "image": f"2d/images/{file}",
                 "label": f"2d/labels/{file}",
-                "class": axial_level(z, z_min, z_max),
+                "class": levels[z],
                 "subject": name,
             }
         )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 from monai.data import list_data_collate
@@ -15,56 +15,38 @@ from motfm_deploy.model import Model, batches, plane_tensor, volume_tensor
 from motfm_deploy.stack import Stack
 from operators.model_operator import ModelOperator
 
+if TYPE_CHECKING:
+    from scripts.classes import ClassRule
+
 logger = logging.getLogger(__name__)
 
 
-def axial_levels(planes: list[Plane], labels: np.ndarray) -> list[int | None]:
-    """The class of each plane: its axial level, 0, 1 or 2 for the inferior, middle or superior third of the
-    labelled brain's extent (by slice rank along the patient's feet-head axis, as the bundle's training data), for
-    an axial stack; None ("no class") for planes that are not axial.
+def plane_classes(rule: ClassRule, planes: list[Plane], labels: np.ndarray) -> list[int | None]:
+    """The class of each plane of a stack by the bundle's class ``rule`` (``scripts.classes``, as the training
+    data's), read along the stack in the direction the rule reads (e.g. axial levels: by slice rank along the
+    patient's feet-head axis); None ("no class") for all planes of a stack along another direction.
 
     Args:
+        rule: a ``scripts.classes.ClassRule``.
         planes: the stack's planes.
         labels: (n, rows, columns) model labels.
     """
-    from scripts.synthetic_subjects import axial_level
-
-    if int(np.argmax(np.abs(planes[0].normal))) != 2:
+    if int(np.argmax(np.abs(planes[0].normal))) != rule.world_axis:  # LPS and RAS share their axes' order
         return [None] * len(planes)
-    rank = np.empty(len(planes), int)
-    rank[np.argsort([p.position[2] for p in planes], kind="stable")] = np.arange(len(planes))
-    brain = rank[labels.reshape(len(planes), -1).any(1)]
-    lo, hi = int(brain.min()), int(brain.max())
-    return [axial_level(int(np.clip(r, lo, hi)), lo, hi) for r in rank]
-
-
-ClassRule = Callable[[list[Plane], np.ndarray], list[int | None]]
-# the rules a model card may name for its classes: how the app derives them from a plane stack and its labels,
-# and how many classes the rule gives
-CLASS_RULES: dict[str, tuple[ClassRule, int]] = {"axial_level": (axial_levels, 3)}
+    order = np.argsort([p.position[rule.world_axis] for p in planes], kind="stable")
+    classes = np.empty(len(planes), int)
+    classes[order] = rule.derive(labels[order], 0)
+    return classes.tolist()
 
 
 def class_rule(model: Model) -> ClassRule:
-    """The rule that gives a class-conditioned model's classes, as its card declares. Raises ValueError naming the
-    model file when the card declares none, or a rule this app does not know or that gives another number of
-    classes: the app cannot tell which class a plane is for such a model."""
-    declared = model.classes or {}
-    rule, names = declared.get("rule"), declared.get("names")
-    meaning = f" ({', '.join(map(str, names))})" if names else ""
-    if rule not in CLASS_RULES:
-        how = f"names the class rule {rule!r}" if rule else "declares no rule for its classes"
-        raise ValueError(
-            f"model file {model.file}: a model of {model.num_classes} classes{meaning} whose card {how}; this app "
-            f"derives classes by {sorted(CLASS_RULES)} only, so it cannot synthesize with it (`classes` in the "
-            "training config declares them; a model file without a declaration takes them from configs/deploy.json)"
-        )
-    derive, count = CLASS_RULES[rule]
-    if count != model.num_classes:
-        raise ValueError(
-            f"model file {model.file}: its card names the class rule {rule!r}, which gives {count} classes, for a "
-            f"model of {model.num_classes} classes"
-        )
-    return derive
+    """The rule (``scripts.classes``) that gives a class-conditioned model's classes, as its card declares. Raises
+    ValueError naming the model file when the card declares none, or a rule the bundle does not know or that gives
+    another number of classes: the app cannot tell which class a plane is for such a model (`classes` in the
+    training config declares them; a model file without a declaration takes them from configs/deploy.json)."""
+    from scripts.classes import class_rule as bundle_rule
+
+    return bundle_rule(model.classes, model.num_classes, f"model file {model.file}")
 
 
 def synthesis_cases(model: Model, job: Job, stack: Stack | None = None) -> list[dict]:
@@ -81,7 +63,9 @@ def synthesis_cases(model: Model, job: Job, stack: Stack | None = None) -> list[
         volume = volume_tensor(stack or model.stack(job.planes), labels, labels=True)
         cases = [{"label": volume, "class": model.num_classes, "index": 0}]
     else:
-        classes = class_rule(model)(job.planes, job.labels) if model.num_classes else [None] * len(job.planes)
+        classes = (
+            plane_classes(class_rule(model), job.planes, job.labels) if model.num_classes else [None] * len(job.planes)
+        )
         cases = [
             {"label": plane_tensor(p, m), "class": model.num_classes if c is None else c, "index": i}
             for i, (p, m, c) in enumerate(zip(job.planes, labels, classes))
