@@ -1,21 +1,23 @@
 """A seeded fuzz of the deploy app's input side: damaged DICOM files beside an intact series, read as the app reads
-them; counts crashes, contained errors and intact series lost (the goal: no crash, no intact series lost).
+them; counts crashes, contained errors, unnamed files and intact series lost (the goal: none of each but the
+contained errors).
 
     python bench/fuzz_inputs.py [--trials 200] [--slices 6] [--damaged 3] [--seed 0] [--out results/fuzz_inputs.json]
 
 Each trial is a study on disk holding an intact MR series and a second series of ``slices`` planes of which
 ``damaged`` files are damaged, each with a kind drawn from ``testbed.damage.KINDS`` (flipped bits or an unknown value
 representation in the file meta or the data set, the file meta or the pixel data cut short, a length past the end of
-the file), all drawn from ``seed`` and the trial's number. The input side runs as in the app, in one process: the
-study loader, the SDK's series selector, the task planning (``SegReaderOperator.plan``) and, per job, the decoding of
-every plane (``motfm_deploy.jobs.process``, which contains a job's errors as the app's operators do). The model is
-not run: it never reads a file.
+the file, a flipped bit in the DICM marker), all drawn from ``seed`` and the trial's number. The input side runs as
+in the app, in one process: the study loader, the SDK's series selector, the task planning
+(``SegReaderOperator.plan``) and, per job, the decoding of every plane (``motfm_deploy.jobs.process``, which contains
+a job's errors as the app's operators do). The model is not run: it never reads a file.
 
 - crash: an exception escaped one of these steps (the app would end without processing anything);
 - contained: a damaged file named, with the reason, among the run's problems (a skipped file or a failed job);
-- accepted: a damaged file read and decoded without error (the flipped bits fell in a value, which no reader can
-  tell from an intact one);
-- unnamed: a damaged file read without error whose series then failed, named by another of its files;
+- accepted: a damaged file the app finds nothing wrong with (the flipped bits fell in a value, which no reader can
+  tell from an intact one): processed with its series, or, where other files failed its series, processed when it
+  is the only file of the input;
+- unnamed: any other damaged file (its series failed and the problems do not name it);
 - lost intact series: the intact series did not come out as one job with all its planes decoded.
 """
 
@@ -48,6 +50,18 @@ def input_side(folder: Path) -> tuple[list, list]:
     reader = SegReaderOperator(Fragment(), label_map=LabelMap.read(), task=None, name="reader")
     jobs = [job for selection in selections for job in reader.plan(selection)]
     return failures, process(jobs, lambda job: [plane.pixels() for plane in job.planes] and job)
+
+
+def usable_alone(path: Path, folder: Path) -> bool:
+    """Whether the input side, given ``path`` alone (copied into ``folder``), processes it without a problem."""
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir()
+    shutil.copy(path, folder)
+    try:
+        failures, jobs = input_side(folder)
+    except Exception:
+        return False
+    return not failures and bool(jobs) and all(job.error is None for job in jobs)
 
 
 def main(
@@ -97,8 +111,13 @@ def main(
             done = [job for job in jobs if job.error is None]
             accepted = {f for job in done for f in job.files}
             for path, kind in hit.items():
-                named = any(path in p for p in problems)
-                outcome = "contained" if named else "accepted" if path in accepted else "unnamed"
+                outcome = (
+                    "contained"
+                    if any(path in p for p in problems)
+                    else "accepted"
+                    if path in accepted or usable_alone(Path(path), work / "alone")
+                    else "unnamed"
+                )
                 counts[outcome] += 1
                 kinds[kind][outcome] += 1
             whole = [j for j in done if j.planes[0].dataset.SeriesInstanceUID == intact[0].SeriesInstanceUID]

@@ -1,6 +1,6 @@
 """Damaged copies of DICOM files, as disks, networks and faulty exporters make them: flipped bytes in the file meta
 information or the data set, a value representation no reader knows, a header or pixel data cut short, a length
-that lies. Every kind is drawn from a seeded generator, so the same seed gives the same bytes.
+that lies, a damaged DICM marker. Every kind is drawn from a seeded generator, so the same seed gives the same bytes.
 
 The files must be explicit VR little endian with a file meta header (as ``studies.write_mr_series`` writes them).
 """
@@ -16,7 +16,7 @@ from pydicom.filereader import data_element_generator, read_preamble
 LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 KNOWN_VRS = LONG_VRS | {vr.encode() for vr in "AE AS AT CS DA DS DT FL FD IS LO LT PN SH SL SS ST TM UI UL US".split()}
 # the kinds that always make a file unreadable; "meta_flip" and "data_flip" may hit a value and go unnoticed
-DETECTABLE = ("meta_vr", "meta_cut", "data_vr", "wrong_length", "pixels_cut")
+DETECTABLE = ("marker", "meta_vr", "meta_cut", "data_vr", "wrong_length", "pixels_cut")
 KINDS = (*DETECTABLE, "meta_flip", "data_flip")
 
 
@@ -59,7 +59,10 @@ def damage(data: bytes, kind: str, rng: np.random.Generator) -> bytes:
     """A damaged copy of a DICOM file's bytes: ``kind`` is one of ``KINDS``."""
     meta, dataset = elements(data)
     out = bytearray(data)
-    if kind == "meta_vr":  # a meta element read with a value representation no reader knows
+    if kind == "marker":  # one bit of the DICM marker after the 128-byte preamble flipped
+        offset = 128 + int(rng.integers(0, 4))
+        out[offset] ^= 1 << int(rng.integers(0, 8))
+    elif kind == "meta_vr":  # a meta element read with a value representation no reader knows
         element = meta[int(rng.integers(1, len(meta)))]
         out[element.start + 4 : element.start + 6] = unknown_vr(rng)
     elif kind == "data_vr":

@@ -260,10 +260,10 @@ def test_bad_input_is_reported_and_loses_nothing(tmp_path, volumes, model):
 def test_damaged_files_are_skipped_and_named_and_the_intact_series_is_written_whole(tmp_path, volumes, model):
     """A study with an intact MR series and a second series made from it whose every file is damaged (seeded): the
     file meta element (0002,0002) read with the value representation 0x55 0xd5 (the file that ended a run before),
-    and one file of each kind that always breaks a file (an unknown VR in the file meta or the data set, the file
-    meta cut short, a length past the end of the file, the pixels cut short). The intact series is denoised whole;
-    each damaged file is skipped and named with its reason in the log and the run report; the inputs stay as they
-    were."""
+    and one file of each kind that always breaks a file (a flipped bit in the DICM marker, an unknown VR in the file
+    meta or the data set, the file meta cut short, a length past the end of the file, the pixels cut short). The
+    intact series is denoised whole; each damaged file is skipped and named with its reason in the log and the run
+    report; the inputs stay as they were."""
     inputs, study = tmp_path / "in", study_header()
     intact = write_mr_series(inputs / "intact", volumes[0], study, 4, shape=(32, 32), spacing=6.0)
     kinds = ("issue", *DETECTABLE)

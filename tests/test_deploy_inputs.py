@@ -141,14 +141,39 @@ def test_loader_keeps_good_files_and_names_bad_ones(tmp_path, study):
     for path in study.rglob("*"):
         if path.is_file():
             (folder / path.name).write_bytes(path.read_bytes())
-    (folder / "notes.txt").write_text("not DICOM")
+    (folder / "notes.txt").write_text("not DICOM")  # skipped with a warning only
     (folder / "garbage.dcm").write_bytes(b"\0" * 128 + b"DICM" + bytes(range(256)))
+    data = (study / "seg.dcm").read_bytes()
+    (folder / "IM_MARKER").write_bytes(data[:128] + b"DIcM" + data[132:])  # no .dcm name, but a zero preamble
     studies, failures = load(folder)
     assert len(studies) == 1 and len(studies[0].get_all_series()) == 2
     assert sum(len(s.get_sop_instances()) for s in studies[0].get_all_series()) == 5
     missing = "SOPClassUID, SOPInstanceUID, StudyInstanceUID, SeriesInstanceUID"
-    garbage = str(folder / "garbage.dcm")
-    assert failures == [Problem([garbage], f"{garbage}: not a usable DICOM instance (no {missing})")]
+    garbage, marker = str(folder / "garbage.dcm"), str(folder / "IM_MARKER")
+    assert failures == [
+        Problem([marker], f"{marker}: damaged DICOM file (no DICM marker at byte 128)"),
+        Problem([garbage], f"{garbage}: not a usable DICOM instance (no {missing})"),
+    ]
+
+
+def test_every_file_that_fails_a_series_is_named(tmp_path, volumes):
+    """A series with unusable files, the first of them first in the series (a SOP class that is no image, no pixel
+    data): its job fails naming each with its reason, not the usable files; a file whose Study Instance UID
+    differs from its series' makes a series of its own, in its own study, and is processed."""
+    write_mr_series(tmp_path / "in", volumes[0], study_header(), num_slices=5)
+    first, no_pixels, moved, *usable = map(pydicom.dcmread, sorted((tmp_path / "in").iterdir()))
+    first.SOPClassUID = "1.2.840.10008.5.1.4.1.1.4.9"
+    del no_pixels.PixelData
+    moved.StudyInstanceUID = pydicom.uid.generate_uid()
+    for ds in (first, no_pixels, moved):
+        ds.save_as(ds.filename)
+    failed, alone = sorted(plan(tmp_path / "in"), key=lambda job: job.error is None)
+    assert failed.error == (
+        f"{first.filename}: 1.2.840.10008.5.1.4.1.1.4.9 is not a CT or MR image SOP class this app reads; "
+        f"{no_pixels.filename}: has no pixel data"
+    )
+    assert sorted(failed.files) == sorted(ds.filename for ds in (first, no_pixels, *usable))
+    assert alone.error is None and [p.file for p in alone.planes] == [moved.filename]
 
 
 def test_loader_skips_a_dicomdir_and_reads_the_files_it_indexes(tmp_path, study, caplog):

@@ -5,14 +5,19 @@ while, and a burst of 20 studies."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pydicom
 import pytest
-from pacs_fixtures import app_runs, associate, move
+from pacs_fixtures import app_runs, associate, move, store
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage
+from pynetdicom import _config
 
-from testbed.pacs import Node, Orthanc, burst, complete
-from testbed.studies import write_study
+from pacs_node.receiver import CANNOT_UNDERSTAND, SUCCESS
+from testbed.damage import damage
+from testbed.pacs import TESTER_AET, Node, Orthanc, burst, complete
+from testbed.studies import Study, study_header, write_mr_series, write_study
 
 
 @pytest.fixture(scope="module")
@@ -128,6 +133,44 @@ def test_round_trip_synthesis_denoising_partial_and_failed(tmp_path, volumes, pa
     assert "done -> outbox" in node.command("retry", job)
     node.wait_for(lambda: node.log().count(f"{seg_study.uid}: {seg_study.slices} instances sent") == 2, 60, "resend")
     assert [ds.SOPInstanceUID for ds in one_new_series(pacs, seg_study)] == [ds.SOPInstanceUID for ds in synthesized]
+
+
+def test_damaged_files_beside_an_intact_series(tmp_path, volumes, pacs, start_node, monkeypatch):
+    """A study sent to the node over C-STORE as its files are (seeded): an intact MR series, and a second series
+    whose files but one are damaged in their data set (the file meta does not travel over DICOM): an unknown value
+    representation, a length past the end, the pixels cut short. The node goes on; it stores each damaged instance,
+    or refuses it (Cannot Understand) naming it in its log; the app runs and the intact series' result reaches the
+    PACS whole; each damaged instance is named in the node's log or in its job's problems."""
+    node = start_node("MOTFMD")
+    header, grid = study_header(), {"shape": (32, 32), "spacing": 6.0}
+    intact = write_mr_series(tmp_path / "intact", volumes[0], header, 4, **grid)
+    source = write_mr_series(tmp_path / "source", volumes[0], header, 4, centre=(0, 0, 0), **grid)
+    rng, damaged = np.random.default_rng(35), {}
+    for kind, ds in zip(("data_vr", "wrong_length", "pixels_cut"), source):
+        path = tmp_path / "damaged" / f"{kind}.dcm"
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(damage(Path(ds.filename).read_bytes(), kind, rng))
+        damaged[str(ds.SOPInstanceUID)] = path
+    files = [Path(ds.filename) for ds in (*intact, source[-1])] + list(damaged.values())
+    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)  # the files' bytes as they are
+    statuses = dict(zip(files, store(node.port, node.ae_title, files)))
+    assert all(statuses[file] == SUCCESS for file in files[:5])
+    assert all(statuses[file] in (SUCCESS, CANNOT_UNDERSTAND) for file in damaged.values())
+
+    study = Study(header.StudyInstanceUID, files, {intact[0].SeriesInstanceUID, source[0].SeriesInstanceUID}, 4, False)
+    node.wait_for(lambda: complete(pacs.new_series(study), study), 240, "the intact series' result")
+    (series,) = pacs.new_series(study)
+    results = pacs.datasets(series)
+    sources = {ds.SourceImageSequence[0].ReferencedSOPInstanceUID for ds in results}
+    assert sources == {ds.SOPInstanceUID for ds in intact}
+    (job,) = settled(node)["done"]
+    assert job["series"] == [{"uid": results[0].SeriesInstanceUID, "instances": 4}]
+    log = node.log()
+    for uid, file in damaged.items():
+        refused = f"instance {uid} from {TESTER_AET} at 127.0.0.1 refused: cannot understand it"
+        named = [p for p in job["problems"] if f"{uid}.dcm: " in p]
+        assert refused in log if statuses[file] == CANNOT_UNDERSTAND else named, (file.name, job["problems"])
+    assert node.process.poll() is None and "unexpected error" not in log
 
 
 def test_kill_while_receiving_and_while_processing(tmp_path, volumes, pacs, start_node):

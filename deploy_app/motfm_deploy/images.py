@@ -195,12 +195,20 @@ def check_image(ds: Dataset) -> None:
 def read_planes(datasets: Sequence[Dataset]) -> list[Plane]:
     """Every plane of a series' instances, sorted along the first plane's normal (then by instance number).
 
-    Multi-frame objects give one plane per frame, each with its own geometry. Raises InputError naming the file.
+    Multi-frame objects give one plane per frame, each with its own geometry. Every instance is checked: an
+    InputError names each unusable file with its reason (any error reading its attributes makes it unusable).
     """
-    planes = []
+    planes, errors = [], []
     for ds in datasets:
-        check_image(ds)
-        planes += planes_of(ds)
+        try:
+            check_image(ds)
+            planes += planes_of(ds)
+        except InputError as e:
+            errors.append(str(e))
+        except Exception as e:
+            errors.append(f"{file_of(ds)}: unreadable image attributes ({type(e).__name__}: {e})")
+    if errors:
+        raise InputError("; ".join(errors))
     if not planes:
         raise InputError("the series has no image")
     normal = planes[0].normal

@@ -142,7 +142,7 @@ class SegReaderOperator(Operator):
         """The jobs of one study."""
         chosen = list({s.series.SeriesInstanceUID: s.series for s in selection.selected_series}.values())
         segs = [ds for s in chosen for ds in instances(s) if ds.SOPClassUID == SegmentationStorage]
-        images = [instances(s) for s in chosen if instances(s)[0].SOPClassUID in MODALITIES]
+        images = [instances(s) for s in chosen if any(ds.SOPClassUID in MODALITIES for ds in instances(s))]
         task = self.task or ("synthesize" if segs else "denoise")
         study = f"study {selection.study.StudyInstanceUID}"
         files = [file for s in chosen for file in files_of(instances(s))]

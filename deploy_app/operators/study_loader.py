@@ -34,11 +34,20 @@ def read_whole(path: Path) -> Dataset:
     return ds
 
 
+def looks_like_dicom(path: Path) -> bool:
+    """Whether a file pydicom refuses as not DICOM looks like a damaged DICOM file: a .dcm name, or a preamble of
+    128 zero bytes (a README, a spreadsheet or a viewer on a CD has neither)."""
+    with open(path, "rb") as f:
+        head = f.read(132)
+    return path.suffix.lower() == ".dcm" or (len(head) == 132 and head[:128] == bytes(128))
+
+
 class StudyLoaderOperator(DICOMDataLoaderOperator):
     """The SDK's DICOM loader, made tolerant: one bad file does not stop the run, and none is dropped silently.
 
     - a file that is not DICOM, or a DICOMDIR (a media index; the files it references are read like any other),
-      is skipped with a warning naming it;
+      is skipped with a warning naming it; one without the DICM marker that looks like a damaged DICOM file
+      (``looks_like_dicom``) is a failure, as below;
     - a DICOM file that cannot be read whole (``read_whole``: any error of pydicom's or of a pixel decoder, e.g.
       flipped bytes in its file meta or data set, a truncated header, a wrong length, cut pixels) or lacks its UIDs
       is a failure naming it and the reason, reported at the end of the run; the other files are used as if it
@@ -66,7 +75,7 @@ class StudyLoaderOperator(DICOMDataLoaderOperator):
             raise ValueError(f"input folder {folder} does not exist or is not a folder")
         files = sorted(p for p in folder.rglob("*") if p.is_file())
         studies: dict[str, DICOMStudy] = {}
-        series: dict[str, DICOMSeries] = {}
+        series: dict[tuple[str, str], DICOMSeries] = {}
         failures: list[Problem] = []
         skipped, seen = [], set()
         for count, path in enumerate(files, 1):
@@ -75,8 +84,11 @@ class StudyLoaderOperator(DICOMDataLoaderOperator):
             try:
                 ds = read_whole(path)
             except InvalidDicomError:
-                logger.warning(f"{path}: not a DICOM file, skipped")
-                skipped.append(f"{path}: not a DICOM file")
+                if looks_like_dicom(path):
+                    failures.append(Problem([str(path)], f"{path}: damaged DICOM file (no DICM marker at byte 128)"))
+                else:
+                    logger.warning(f"{path}: not a DICOM file, skipped")
+                    skipped.append(f"{path}: not a DICOM file")
                 continue
             except InputError as e:
                 failures.append(Problem([str(path)], str(e)))
@@ -108,15 +120,17 @@ class StudyLoaderOperator(DICOMDataLoaderOperator):
         logger.info(f"read {len(seen)} instances of {len(series)} series in {len(studies)} studies from {folder}")
         return list(studies.values()), failures
 
-    def _add(self, ds, studies: dict[str, DICOMStudy], series: dict[str, DICOMSeries]) -> None:
+    def _add(self, ds, studies: dict[str, DICOMStudy], series: dict[tuple[str, str], DICOMSeries]) -> None:
+        """Adds ``ds`` to its series in its study (a series is keyed by both UIDs: an instance whose study differs
+        from its series' other instances makes a series of its own)."""
         study_uid, series_uid = str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID)
         if study_uid not in studies:
             study = DICOMStudy(study_uid)
             self.populate_study_attributes(study, ds)
             studies[study_uid] = study
-        if series_uid not in series:
+        if (study_uid, series_uid) not in series:
             new = DICOMSeries(series_uid)
             self.populate_series_attributes(new, ds)
-            series[series_uid] = new
+            series[study_uid, series_uid] = new
             studies[study_uid].add_series(new)
-        series[series_uid].add_sop_instance(ds)
+        series[study_uid, series_uid].add_sop_instance(ds)
