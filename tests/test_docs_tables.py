@@ -98,3 +98,19 @@ def test_the_training_table_reads_the_cards_history():
     assert "| training files (SHA-256) | aaaaaaaa to 200, bbbbbbbb |" in table
     assert "| lowest | 0.04 at 200 | 0.049 at 500 |" in table
     assert "| last two points | 0.0401 at 400 to 0.04 at 500 (flat) | 0.05 at 400 to 0.049 at 500 (not flat) |" in table
+
+
+def test_tables_show_the_sharpness_columns_only_for_records_that_have_them():
+    from tables import SHARPNESS, SHARPNESS_KEYS, generalisation_table
+
+    record = json.loads((RECORDS / "generalisation.json").read_text())
+    before = generalisation_table(record)
+    assert "HF power ratio" not in before  # a record made before these metrics: its table as it was
+    metrics = record["rows"][0]["metrics"]
+    metrics.update(dict.fromkeys(SHARPNESS_KEYS, 0.5))
+    metrics["ci95"]["hf_power_ratio"] = [0.25, 0.75]
+    lines = generalisation_table(record).splitlines()
+    header, separator, first, second = lines[:4]
+    assert all(name in header for name, *_ in SHARPNESS) and separator.count("|") == header.count("|")
+    assert "| 0.50 [0.25, 0.75] (0.50) |" in first and first.count("|") == header.count("|")
+    assert second.endswith("| - (-) | - (-) | - (-) | - (-) | - | - (-) |")  # a row without them
