@@ -34,7 +34,7 @@ import fire
 import torch
 from ignite.engine import Events
 from records import ROOT, generate_and_evaluate, one_batch, publish, resumable, run_info, test_subset, workflow
-from tables import sampling_table
+from tables import SHARPNESS_KEYS, sampling_table
 
 from scripts.batches import GenerativePrepareBatch, conditions
 from scripts.checkpoint import read_checkpoint
@@ -53,6 +53,7 @@ QUALITY = (
     "conditional_ms_ssim",
     "ssim_paired",
     "psnr_paired",
+    *SHARPNESS_KEYS,
 )
 PLOTTED = ("fd_segmenter_features", "mask_dice", "hist_wasserstein")
 

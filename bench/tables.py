@@ -56,6 +56,49 @@ def _value(metrics: dict, key: str, digits: int = 3) -> str:
     return f"{text} [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]" if ci else text
 
 
+# the sharpness, texture and contrast-diversity columns (bundle/scripts/evaluation.py): (header, key, the real images'
+# value shown beside it in brackets or None, digits)
+SHARPNESS = (
+    ("HF power ratio (real halves)", "hf_power_ratio", "hf_power_ratio_halves_real", 2),
+    ("gradient ratio (real halves)", "gradient_ratio", "gradient_ratio_halves_real", 2),
+    (
+        "log-spectral distance, halves (real halves)",
+        "log_spectral_distance_halves_generated",
+        "log_spectral_distance_halves_real",
+        3,
+    ),
+    ("texture FD, halves (real halves)", "fd_texture_halves_generated", "fd_texture_halves_real", 2),
+    ("texture KID", "kid_texture_features", None, 3),
+    ("contrast spread (real subjects)", "contrast_spread", "contrast_spread_real", 3),
+)
+# every evaluation key of those columns, for the benchmarks that keep a record's metrics by name
+SHARPNESS_KEYS = (
+    *(
+        f"{k}{s}"
+        for k in ("hf_power_ratio", "gradient_ratio", "log_spectral_distance")
+        for s in ("", "_halves_generated", "_halves_real")
+    ),
+    *("fd_texture_features", "kid_texture_features", "fd_texture_halves_generated", "fd_texture_halves_real"),
+    *("contrast_spread", "contrast_spread_real", "contrast_spread_ratio"),
+)
+
+
+def _with_sharpness(lines: list[str], rows: list[dict]) -> list[str]:
+    """A table's lines (header, separator, one line per metrics dict of ``rows``) with the ``SHARPNESS`` columns
+    appended, when any row has them; unchanged for a record made before they were measured."""
+    if not any(key in row for row in rows for _, key, _, _ in SHARPNESS):
+        return lines
+    cells = [
+        "".join(
+            f" {_value(m, key, d)}" + (f" ({_value(m, real, d)})" if real else "") + " |"
+            for _, key, real, d in SHARPNESS
+        )
+        for m in rows
+    ]
+    header = lines[0] + "".join(f" {name} |" for name, *_ in SHARPNESS)
+    return [header, lines[1] + "---|" * len(SHARPNESS), *(line + cell for line, cell in zip(lines[2:], cells))]
+
+
 def generalisation_table(record: dict) -> str:
     """The generalisation benchmark's table (see bench/generalisation.py)."""
     lines = [
@@ -73,6 +116,7 @@ def generalisation_table(record: dict) -> str:
             f"| {_value(m, 'ssim_paired')} | {_value(m, 'psnr_paired', 2)} | {_value(m, 'hist_wasserstein', 4)} "
             f"| {_value(m, 'seconds_per_sample', 4)} |"
         )
+    lines = _with_sharpness(lines, [row["metrics"] for row in record["rows"]])
     model = record.get("model") or {}
     if model:
         lines += [
@@ -345,7 +389,8 @@ def sampling_table(record: dict, methods: tuple[str, ...] = ("flow", "ddpm")) ->
         "| SSIM | PSNR | s / sample |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in (r for r in record["rows"] if r["method"] in methods):
+    shown = [r for r in record["rows"] if r["method"] in methods]
+    for r in shown:
         lines.append(
             f"| {r['method']} | {r['solver']} | {r['nfe']} | {_value(r, 'fd_segmenter_features')} "
             f"| {_value(r, 'kid_segmenter_features', 4)} | {_value(r, 'mmd')} "
@@ -353,6 +398,7 @@ def sampling_table(record: dict, methods: tuple[str, ...] = ("flow", "ddpm")) ->
             f"| {_value(r, 'conditional_ms_ssim')} | {_value(r, 'ssim_paired')} | {_value(r, 'psnr_paired', 2)} "
             f"| {_value(r, 'seconds_per_sample', 4)} |"
         )
+    lines = _with_sharpness(lines, shown)
     lines += [""] + [_claim(record["rows"], *goal) for goal in CLAIMS]
     lines += ["", f"{record['machine']}; `{record['command']}`."]
     return "\n".join(lines) + "\n"
@@ -385,8 +431,8 @@ def volumetric_table(record: dict) -> str:
         "| conditional MS-SSIM | inter-plane ratio (real volumes) | s / volume |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in record["rows"]:
-        r = {**r, "ci95": r["seed_range"]}
+    rows = [{**r, "ci95": r["seed_range"]} for r in record["rows"]]
+    for r in rows:
         lines.append(
             f"| {r['method']} | {r['solver']} | {r['nfe']} | {_value(r, 'fd_patches')} "
             f"| {_value(r, 'mask_dice')} ({_value(r, 'mask_dice_real')}) "
@@ -395,6 +441,7 @@ def volumetric_table(record: dict) -> str:
             f"| {_value(r, 'interplane_ratio', 2)} ({_value(r, 'interplane_ratio_real', 2)}) "
             f"| {_value(r, 'seconds_per_volume', 2)} |"
         )
+    lines = _with_sharpness(lines, rows)
     lines += ["", _claim(record["rows"], 10, "ddpm", 1000, None, VOLUMETRIC_METRICS, "seconds_per_volume")]
     lines += ["", _interplane_goal(record["rows"])]
     s, models = record["settings"], record["models"]
@@ -472,6 +519,7 @@ def few_step_table(record: dict) -> str:
             f"| {_value(r, 'hist_wasserstein', 4)} | {_value(r, 'ssim_paired')} | {_value(r, 'psnr_paired', 2)} "
             f"| {_value(r, 'seconds_per_sample', 4)} |"
         )
+    lines = _with_sharpness(lines, record["rows"])
     goal = record["goal"]
     ref, within = goal["reference"], f"{100 * goal['tolerance']:g}%"
     lines += [
@@ -518,6 +566,7 @@ def guidance_table(record: dict) -> str:
             f"| {_value(m, 'mask_dice')} ({_value(m, 'mask_dice_real')}) | {_value(m, 'conditional_ms_ssim')} "
             f"| {_value(m, 'hist_wasserstein', 4)} | {_value(m, 'seconds_per_sample', 4)} |"
         )
+    lines = _with_sharpness(lines, [row["metrics"] for row in record["rows"]])
     s = record["settings"]
     lines += [
         "",
@@ -541,6 +590,7 @@ def interplane_table(record: dict) -> str:
             f"| {_value(m, 'mask_dice')} ({_value(m, 'mask_dice_real')}) | {_value(m, 'conditional_ms_ssim')} "
             f"| {_value(m, 'seconds_per_sample', 4)} |"
         )
+    lines = _with_sharpness(lines, [row["metrics"] for row in record["rows"]])
     s, first = record["settings"], record["rows"][0]["metrics"]
     slices = "every slice" if s["case_stride"] == 1 else f"every {s['case_stride']}th slice"
     lines += [

@@ -44,7 +44,7 @@ import fire
 import torch
 from records import CONFIGS, ROOT, generate_and_evaluate, one_batch, publish, resumable, run_info, workflow
 from sampling import settings as sampler_settings
-from tables import volumetric_table
+from tables import SHARPNESS_KEYS, volumetric_table
 
 from scripts import downstream, metrics, visualize
 from scripts.checkpoint import read_checkpoint
@@ -60,6 +60,7 @@ KEPT = (  # the evaluation's metrics a row keeps, averaged over seeds
     "interplane_ratio",
     "interplane_ratio_real",
     "seconds_per_sample",
+    *SHARPNESS_KEYS,
 )
 
 

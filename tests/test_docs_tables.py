@@ -142,3 +142,19 @@ def test_a_records_paths_are_made_repository_relative():
         "python bench/x.py --out_dir bundle/docs/records --work_dir x_runs "
         "--ckpt bundle/models/model.pt --out=out/r.json --seeds (0,1) --note 1/2 of a/b"
     )
+
+
+def test_tables_show_the_sharpness_columns_only_for_records_that_have_them():
+    from tables import SHARPNESS, SHARPNESS_KEYS, generalisation_table
+
+    record = json.loads((RECORDS / "generalisation.json").read_text())
+    before = generalisation_table(record)
+    assert "HF power ratio" not in before  # a record made before these metrics: its table as it was
+    metrics = record["rows"][0]["metrics"]
+    metrics.update(dict.fromkeys(SHARPNESS_KEYS, 0.5))
+    metrics["ci95"]["hf_power_ratio"] = [0.25, 0.75]
+    lines = generalisation_table(record).splitlines()
+    header, separator, first, second = lines[:4]
+    assert all(name in header for name, *_ in SHARPNESS) and separator.count("|") == header.count("|")
+    assert "| 0.50 [0.25, 0.75] (0.50) |" in first and first.count("|") == header.count("|")
+    assert second.endswith("| - (-) | - (-) | - (-) | - (-) | - | - (-) |")  # a row without them

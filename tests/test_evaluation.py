@@ -11,10 +11,16 @@ import torch
 from conftest import USER_ERRORS, error_text, run_bundle, sample, tiny, train
 from scripts import downstream
 from scripts.data import input_transforms, load_cases, percentile_range
+from scripts.evaluation import Evaluation
 
 METRIC_KEYS = {"mmd", "hist_wasserstein", "ms_ssim_diversity", "ssim_paired", "psnr_paired", "mask_dice"}
 METRIC_KEYS |= {"mask_dice_real", "correlation_in_mask", "conditional_ms_ssim", "fd_segmenter_features"}
 METRIC_KEYS |= {"kid_segmenter_features", "fd_halves_generated", "fd_halves_real", "nfe", "seconds_per_sample"}
+# sharpness, texture and contrast diversity, each beside the real images' own value
+COMPARED = ("log_spectral_distance", "hf_power_ratio", "gradient_ratio")
+SHARPNESS_KEYS = {*COMPARED, "fd_texture_features", "kid_texture_features"}
+SHARPNESS_KEYS |= {f"{k}_halves_{s}" for k in (*COMPARED, "fd_texture") for s in ("generated", "real")}
+METRIC_KEYS |= SHARPNESS_KEYS | {"contrast_spread", "contrast_spread_real", "contrast_spread_ratio"}
 
 
 def evaluate(data_dir, datalist, ckpt, out, configs=(), **extra):
@@ -31,7 +37,8 @@ def test_evaluate_writes_every_metric(data_dir, small_datalist, tiny_model, segm
     assert values["num_generated"] == values["num_real"] == 4
     assert values["fid"] is None and "Inception" in values["skipped"]["fid"]
     assert 0 < values["conditional_ms_ssim"] <= 1 and values["conditional_ms_ssim_samples"] == 4
-    for key in ("mask_dice", "ssim_paired", "fd_segmenter_features", "kid_segmenter_features", "mmd"):
+    intervals = ("mask_dice", "ssim_paired", "fd_segmenter_features", "kid_segmenter_features", "mmd")
+    for key in (*intervals, *COMPARED, "fd_texture_features", "kid_texture_features", "contrast_spread"):
         lo, hi = values["ci95"][key]
         assert lo <= values[key] <= hi, key
     card = torch.load(tiny_model, weights_only=True)["card"]["provenance"]
@@ -190,8 +197,6 @@ def _real_as_generated(folder, cases, transform=None):
 
 
 def _evaluation(folder, cases, segmenter, **extra):
-    from scripts.evaluation import Evaluation
-
     rng = percentile_range(cases)
     return Evaluation(
         str(folder), cases, input_transforms([16, 16], 4, None), [16, 16], 4, rng, segmenter_path=segmenter, **extra
@@ -212,14 +217,19 @@ def test_real_images_as_the_generated_set_score_each_metric_ideally(small_datali
     assert values["mask_dice"] == pytest.approx(values["mask_dice_real"])
     assert values["ms_ssim_diversity"] == pytest.approx(values["ms_ssim_diversity_real"])
     assert "model card" in values["normalisation"]
+    assert values["hf_power_ratio"] == pytest.approx(1) and values["gradient_ratio"] == pytest.approx(1)
+    assert values["log_spectral_distance"] == pytest.approx(0, abs=1e-9)
+    assert values["fd_texture_features"] == pytest.approx(0, abs=1e-3)
+    assert values["kid_texture_features"] == pytest.approx(0, abs=1e-9)
+    for key in (*COMPARED, "fd_texture"):
+        assert values[f"{key}_halves_generated"] == pytest.approx(values[f"{key}_halves_real"], rel=1e-3), key
+    assert values["contrast_spread_real"] > 0 and values["contrast_spread"] is None  # no generator: no samples
 
 
 def test_images_in_other_units_are_compared_on_a_normalised_scale(small_datalist, segmenter, tmp_path):
     cases = load_cases(str(small_datalist), "test", use_mask=True, num_classes=3)
     _real_as_generated(tmp_path / "real", cases, transform=lambda a: a * 0.1)
     # the real images of another scanner: a tenth of the model's units; the set is compared to itself
-    from scripts.evaluation import Evaluation
-
     tenth = [{**c, "image": str(tmp_path / "real" / f"images/{c['id']}.nii.gz")} for c in cases]
     values = Evaluation(
         str(tmp_path / "real"),
@@ -279,3 +289,20 @@ def test_baselines_copy_the_best_matching_training_image_and_paint_tissue_means(
     assert len(means) >= 3 and all(len(m) == 1 for m in means)  # one value per tissue
     means = torch.cat(means).as_subclass(torch.Tensor)
     assert torch.equal(means, means.sort().values)  # T1: background < CSF < grey < white matter
+
+
+def test_blurred_real_images_score_worse_than_the_real_halves_on_every_sharpness_and_texture_metric(data_dir, tmp_path):
+    from scipy.ndimage import gaussian_filter
+
+    cases = load_cases(str(data_dir / "datalist_2d.json"), "test", use_mask=True, num_classes=3)
+    # 3.2 source pixels (1 mm) are about one pixel of the 64 x 64 grid (205 mm across)
+    _real_as_generated(tmp_path / "blurred", cases, transform=lambda a: gaussian_filter(a, 3.2))
+    rng = percentile_range(cases)
+    values = Evaluation(str(tmp_path / "blurred"), cases, input_transforms([64, 64], 4, None), [64, 64], 4, rng).run()
+    for key in ("hf_power_ratio", "gradient_ratio"):
+        assert values["ci95"][key][1] < min(values[f"{key}_halves_real"], 1 / values[f"{key}_halves_real"]), key
+    for key in ("log_spectral_distance", "fd_texture"):
+        assert values[f"{key}_halves_generated"] > values[f"{key}_halves_real"], key
+    assert values["fd_texture_features"] > values["fd_texture_halves_real"]
+    assert values["ci95"]["log_spectral_distance"][0] > values["log_spectral_distance_halves_real"]
+    assert values["ci95"]["kid_texture_features"][0] > 0

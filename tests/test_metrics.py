@@ -1,4 +1,5 @@
-"""Metrics against values computed by hand on tiny arrays."""
+"""Metrics against values computed by hand on tiny arrays, and the sharpness, texture and contrast metrics on the
+data set's real images: blurred, averaged and single-contrast versions of them score worse."""
 
 import math
 
@@ -9,16 +10,24 @@ from scripts.denoising import add_noise, nl_means
 from scripts.metrics import (
     bootstrap_ci,
     conditional_ms_ssim,
+    contrast_spread,
     correlation_per_case,
     frechet_distance,
-    hf_power_ratio,
+    gradient_magnitude,
+    high_frequency_power,
     hist_wasserstein,
+    log_spectral_distance,
     mask_dice,
     mean_with_ci,
     mmd,
     ms_ssim_diversity,
     psnr_per_case,
+    radial_power_spectra,
     ssim_per_case,
+    standardised,
+    subject_means,
+    texture_features,
+    tissue_log_ratios,
 )
 
 
@@ -62,16 +71,6 @@ def test_paired_ssim_and_psnr():
     # a constant error of 0.1 in a range of 2: MSE 0.01 -> 10 log10(4 / 0.01)
     assert psnr_per_case(x, x + 0.1).tolist() == pytest.approx([10 * math.log10(4 / 0.01)] * 3, rel=1e-5)
     assert ssim_per_case(x, torch.rand(3, 1, 32, 32) * 2 - 1).mean() < 0.2
-
-
-def test_hf_power_ratio_is_one_for_the_same_image_and_falls_with_blur():
-    from monai.transforms import GaussianSmooth
-
-    x = torch.rand(2, 1, 16, 16, 16, generator=torch.Generator().manual_seed(0))
-    blurred = torch.stack([GaussianSmooth(sigma=1.0)(v) for v in x])
-    assert hf_power_ratio(x, x).tolist() == pytest.approx([1.0, 1.0])
-    assert (hf_power_ratio(x, blurred) < 0.2).all() and (hf_power_ratio(blurred, x) > 5).all()
-    assert hf_power_ratio(x, 2 * x).tolist() == pytest.approx([4.0, 4.0])
 
 
 def test_correlation_in_mask_ignores_gain_offset_and_the_background():
@@ -190,3 +189,129 @@ def test_orthogonal_planes_are_the_central_planes_of_each_axis():
     assert (axial.shape, coronal.shape, sagittal.shape) == ((2, 4, 6), (2, 4, 8), (2, 6, 8))
     assert torch.equal(axial, volume[:, :, :, 4]) and torch.equal(coronal, volume[:, :, 3, :])
     assert torch.equal(sagittal, volume[:, 2, :, :])
+
+
+@pytest.fixture(scope="module")
+def slices(data_dir):
+    """Every 2D slice of the data set's subjects on a 64 x 64 grid in [-1, 1]: images, label maps (N, 1, 64, 64),
+    each slice's subject and the subjects' gammas (their contrasts) by name."""
+    import json
+
+    from scripts.data import input_transforms, load_cases, load_images, percentile_range
+
+    datalist = str(data_dir / "datalist_2d.json")
+    cases = [c for split in ("training", "validation", "test") for c in load_cases(datalist, split, use_mask=True)]
+    transforms = input_transforms([64, 64], 4, percentile_range(cases))
+    gammas = {s["name"]: s["gamma"] for s in json.loads((data_dir / "subjects.json").read_text())["subjects"]}
+    return (
+        load_images(cases, transforms),
+        load_images(cases, transforms, key="label"),
+        [c["subject"] for c in cases],
+        gammas,
+    )
+
+
+def _blurred(images: torch.Tensor, sigma: float = 1.0) -> torch.Tensor:
+    from scipy.ndimage import gaussian_filter
+
+    return torch.from_numpy(gaussian_filter(images.numpy(), [0, 0] + [sigma] * (images.dim() - 2)))
+
+
+def _halves(subjects: list[str]) -> tuple[list[int], list[int]]:
+    """Alternate subjects' cases, as the evaluation splits them."""
+    names = list(dict.fromkeys(subjects))
+    first = set(names[0::2])
+    return [i for i, s in enumerate(subjects) if s in first], [i for i, s in enumerate(subjects) if s not in first]
+
+
+def sharpness_and_texture(real, generated, masks, a, b) -> dict[str, tuple[float, float]]:
+    """Each new metric as (generated images of half a against real images of half b, real half a against real half
+    b), the evaluation's ``_halves_generated`` / ``_halves_real`` pairs."""
+
+    def ratio(measure):
+        return lambda r, g: float(measure(g, masks[a]).mean() / measure(r, masks[b]).mean())
+
+    def spectra(r, g):
+        return log_spectral_distance(radial_power_spectra(r, masks[b])[0], radial_power_spectra(g, masks[a])[0])
+
+    reference = texture_features(real, masks)
+
+    def texture(distance):
+        def statistic(r, g):
+            f_real = standardised(texture_features(r, masks[b]), reference)
+            return distance(f_real, standardised(texture_features(g, masks[a]), reference))
+
+        return statistic
+
+    statistics = {
+        "hf_power_ratio": ratio(high_frequency_power),
+        "gradient_ratio": ratio(gradient_magnitude),
+        "log_spectral_distance": spectra,
+        "fd_texture_features": texture(frechet_distance),
+        "kid_texture_features": texture(lambda x, y: mmd(x, y, "polynomial")),
+    }
+    return {key: (f(real[b], generated[a]), f(real[b], real[a])) for key, f in statistics.items()}
+
+
+def _worse(key: str, generated: float, real: float) -> bool:
+    """Whether a generated set's value is further than the real halves' from the ideal (1 for ratios, 0 else)."""
+    return abs(math.log(generated)) > abs(math.log(real)) if key.endswith("ratio") else generated > real
+
+
+def test_blurred_real_slices_score_worse_on_every_sharpness_and_texture_metric(slices):
+    real, masks, subjects, _ = slices
+    values = sharpness_and_texture(real, _blurred(real), masks, *_halves(subjects))
+    print({k: [round(v, 4) for v in pair] for k, pair in values.items()})  # the dynamic range, for the docs
+    for key, (blurred, reference) in values.items():
+        assert _worse(key, blurred, reference), (key, blurred, reference)
+    assert values["hf_power_ratio"][0] < 1 and values["gradient_ratio"][0] < 1  # blur lowers both, not raises
+
+
+def test_blurred_real_volumes_score_worse(data_dir):
+    from scripts.data import input_transforms, load_cases, load_images, percentile_range
+
+    cases = [c for s in ("training", "validation", "test") for c in load_cases(str(data_dir / "datalist_3d.json"), s)]
+    transforms = input_transforms([32, 32, 32], 4, percentile_range(cases))
+    real, masks = load_images(cases, transforms), load_images(cases, transforms, key="label")
+    a, b = _halves([c["subject"] for c in cases])
+    for key, (blurred, reference) in sharpness_and_texture(real, _blurred(real), masks, a, b).items():
+        assert _worse(key, blurred, reference), (key, blurred, reference)
+
+
+def test_contrasts_of_one_subject_spread_less_than_the_real_subjects(slices):
+    images, masks, subjects, gammas = slices
+    # every slice given the first subject's contrast: its data are gain x bias x template^gamma, so raising a
+    # slice to gamma_0 / gamma_own leaves the anatomy and gives it subject 0's tissue contrasts
+    power = torch.tensor([gammas[subjects[0]] / gammas[s] for s in subjects]).view(-1, 1, 1, 1)
+    one_contrast = ((images + 1) / 2).clamp(min=0) ** power * 2 - 1
+    real, same = (subject_means(tissue_log_ratios(x, masks), subjects) for x in (images, one_contrast))
+    assert len(real) == len(gammas) and float(contrast_spread(same)) < float(contrast_spread(real)) / 2
+
+
+def test_the_mean_of_a_two_mode_problem_wins_psnr_and_ssim_but_no_sharpness_texture_or_contrast_metric(slices):
+    images, masks, subjects, _ = slices
+    g = torch.Generator().manual_seed(0)
+    brain = (masks > 0).float()
+    unit = ((images + 1) / 2).clamp(min=0)
+    modes = (unit**0.8 * 2 - 1, unit**1.25 * 2 - 1)  # two contrasts of each mask (the subjects: 0.75-1.35)
+
+    def draw() -> torch.Tensor:
+        """One sample of each mask: a random mode with its own texture (fine grain, or coarser and patchy)."""
+        fine = 0.08 * torch.randn(images.shape, generator=g)
+        coarse = _blurred(torch.randn(images.shape, generator=g), 1.5)
+        coarse *= 0.08 / coarse.std()
+        second = torch.rand(len(images), 1, 1, 1, generator=g) < 0.5
+        return torch.where(second, modes[1] + coarse * brain, modes[0] + fine * brain)
+
+    real, sample = draw(), draw()
+    mean = (modes[0] + modes[1]) / 2  # the conditional mean: the textures average out, the contrasts meet halfway
+    assert psnr_per_case(real, mean).mean() > psnr_per_case(real, sample).mean()
+    assert ssim_per_case(real, mean).mean() > ssim_per_case(real, sample).mean()
+    halves = _halves(subjects)
+    of_sample, of_mean = (sharpness_and_texture(real, x, masks, *halves) for x in (sample, mean))
+    for key in of_sample:
+        assert _worse(key, of_mean[key][0], of_sample[key][0]), (key, of_mean[key], of_sample[key])
+    samples = torch.stack([draw() for _ in range(4)], 1)  # (N, 4, 1, 64, 64): four samples of each mask
+    ratios = tissue_log_ratios(samples.flatten(0, 1), masks.repeat_interleave(4, 0)).view(len(images), 4, 2)
+    mean_ratios = tissue_log_ratios(mean, masks)[:, None].expand(-1, 4, -1)
+    assert contrast_spread(mean_ratios).nanmean() < contrast_spread(ratios).nanmean()

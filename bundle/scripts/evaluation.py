@@ -12,9 +12,29 @@ and MMD, shifted by the bias that repeated cases in a resample give them: ``metr
   ``kid_segmenter_features`` (KID's polynomial-kernel MMD), and ``fd_halves_generated`` against
   ``fd_halves_real``: generated images of one half of the subjects against the real images of the other half,
   beside the two real halves against each other (same sizes, so the same small-sample bias);
+- sharpness and texture, which a blurred or averaged image cannot win (the segmenter's features, mask Dice, SSIM
+  and PSNR can: the segmenter was trained to find the tissues whatever their texture). Each image is measured inside
+  the brain (its mask's label > 0, or the whole image without masks) and scaled by its brain's median,
+  so a gain is not blur (``metrics``): ``hf_power_ratio``, the generated images' mean power above a quarter of the
+  sampling frequency (radial frequency > 0.25 cycles/pixel, inside the dilated, Hann-tapered brain window) over the
+  real images'; ``log_spectral_distance``, the RMS difference of the two sets' mean log10 radially averaged power
+  spectra; ``gradient_ratio``, the mean gradient magnitude inside the brain, generated over real; and
+  ``fd_texture_features`` / ``kid_texture_features`` in classical texture statistics (``metrics.texture_features``:
+  per band of a difference-of-Gaussians pyramid, its energy, kurtosis, grain (correlation a band's scale on) and the
+  patchiness of its local energy, plus the structure tensor's orientation coherence; standardised by the real
+  set's spread). These describe how intensity varies at each scale, not where the tissues are: blur removes
+  the fine bands' energy and raises their correlations, and a mean of several images, whose textures partly cancel,
+  loses energy and kurtosis. Each comes with ``{name}_halves_generated`` against ``{name}_halves_real``
+  (``log_spectral_distance_halves_...``, ``hf_power_ratio_halves_...``, ``gradient_ratio_halves_...``,
+  ``fd_texture_halves_...``), computed like ``fd_halves_...`` below: the real halves' value is how far apart real
+  subjects lie (1 for the ratios, 0 for the distances, up to that spread);
 - diversity: ``ms_ssim_diversity`` among generated images (and ``ms_ssim_diversity_real``), and
   ``conditional_ms_ssim``: the mean pairwise MS-SSIM of ``diversity_samples`` samples of one condition (1: every
-  noise gives the same image);
+  noise gives the same image); ``contrast_spread``: over the same samples of one mask, the standard deviation of
+  the log tissue contrasts (white/grey matter and grey matter/CSF mean-intensity ratios), averaged over the two and
+  over the masks, beside ``contrast_spread_real``, the same spread over the real test subjects (each subject's
+  log contrasts averaged over its cases, so that the anatomy of a slice's position does not count), and
+  ``contrast_spread_ratio``, the first over the second (0: the noise picks no contrast);
 - following the condition: ``mask_dice`` (the segmenter on generated images against their masks) beside
   ``mask_dice_real`` (the same segmenter on the real images: the ceiling), ``class_accuracy`` (a classifier
   trained on the training subjects, on generated images against their classes) beside ``class_accuracy_real``,
@@ -36,6 +56,7 @@ import json
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 
 import numpy as np
 import torch
@@ -67,6 +88,11 @@ def intensity_mismatch(real: torch.Tensor, intensity_range: Sequence[float]) -> 
             "percentiles"
         )
     return None
+
+
+def _ratio_of_means(real: torch.Tensor, generated: torch.Tensor) -> float:
+    """The generated cases' mean of a per-case value (N,) over the real cases' (M,)."""
+    return float(generated.mean() / real.mean())
 
 
 def _with_ci(values: dict, name: str, value: float, interval: list[float]) -> None:
@@ -201,11 +227,14 @@ class Evaluation:
             "skipped": {},
             "ci95": {},
         }
+        # generated image i was made from real case i's mask; without masks the whole image is measured
+        masks = load_images(self.real_cases, self.transforms, key="label") if self.num_labels else None
         segmenter = self._load_segmenter(values["skipped"])
         self._distribution(values, real, generated, segmenter)
-        self._paired(values, real, generated, segmenter)
+        self._sharpness_and_texture(values, real, generated, torch.ones_like(real) if masks is None else masks)
+        self._paired(values, real, generated, masks, segmenter)
         self._class_accuracy(values, real, generated)
-        self._conditional_diversity(values)
+        self._conditional_diversity(values, real, masks)
         self._interplane(values, real, generated, conditioned)
         values["fid"] = self._fid(real, generated, values["skipped"])
         values["model"] = self.model_card.get("provenance", {})
@@ -257,36 +286,79 @@ class Evaluation:
             values.update(dict.fromkeys(keys))
             return
         f_real, f_gen = (downstream.segmenter_features(segmenter, x.to(self.device)) for x in (real, generated))
-        _set_statistic_with_ci(
-            values, "fd_segmenter_features", lambda i: metrics.frechet_distance(f_real[i], f_gen[i]), n, draws
+        self._compare(values, "fd_segmenter_features", metrics.frechet_distance, f_real, f_gen, "fd_halves")
+        self._compare(values, "kid_segmenter_features", partial(metrics.mmd, kernel="polynomial"), f_real, f_gen)
+
+    def _sharpness_and_texture(
+        self, values: dict, real: torch.Tensor, generated: torch.Tensor, masks: torch.Tensor
+    ) -> None:
+        """The power spectrum (``hf_power_ratio``, ``log_spectral_distance``), ``gradient_ratio`` and the texture
+        features' FD and KID, on images and label maps (N, 1, *spatial); see the module's docstring."""
+        spectra = [metrics.radial_power_spectra(x, masks)[0] for x in (real, generated)]
+        self._compare(
+            values, "log_spectral_distance", metrics.log_spectral_distance, *spectra, "log_spectral_distance_halves"
         )
-        _set_statistic_with_ci(
-            values, "kid_segmenter_features", lambda i: metrics.mmd(f_real[i], f_gen[i], "polynomial"), n, draws
-        )
+        for key, measure in (
+            ("hf_power_ratio", metrics.high_frequency_power),
+            ("gradient_ratio", metrics.gradient_magnitude),
+        ):
+            self._compare(
+                values, key, _ratio_of_means, measure(real, masks), measure(generated, masks), f"{key}_halves"
+            )
+        f_real, f_gen = (metrics.texture_features(x, masks) for x in (real, generated))
+        f_real, f_gen = metrics.standardised(f_real, f_real), metrics.standardised(f_gen, f_real)
+        self._compare(values, "fd_texture_features", metrics.frechet_distance, f_real, f_gen, "fd_texture_halves")
+        self._compare(values, "kid_texture_features", partial(metrics.mmd, kernel="polynomial"), f_real, f_gen)
+
+    def _compare(
+        self,
+        values: dict,
+        key: str,
+        statistic: Callable[[torch.Tensor, torch.Tensor], float],
+        real: torch.Tensor,
+        generated: torch.Tensor,
+        halves: str | None = None,
+    ) -> None:
+        """``values[key]``: ``statistic(real, generated)`` of per-case values (N, ...) on all cases, with its
+        interval; with ``halves``, ``{halves}_generated`` (generated cases of one half of the subjects against the
+        real cases of the other) beside ``{halves}_real`` (the two real halves), each the mean of both ways round:
+        the same sizes, so the same small-sample bias, and the real halves' value is how far apart real subjects lie
+        (for a ratio r, (r + 1/r) / 2, at least 1)."""
+        _set_statistic_with_ci(values, key, lambda i: statistic(real[i], generated[i]), len(real), self.draws)
+        if halves is None:
+            return
         a, b = self._halves()
         if min(len(a), len(b)) < 2:
-            values["fd_halves_generated"] = values["fd_halves_real"] = None
-            values["skipped"]["fd_halves"] = f"halves of {len(a)} and {len(b)} cases: two or more each are needed"
+            values[f"{halves}_generated"] = values[f"{halves}_real"] = None
+            values["skipped"][halves] = f"halves of {len(a)} and {len(b)} cases: two or more each are needed"
             return
-        values["fd_halves_generated"] = (
-            metrics.frechet_distance(f_real[b], f_gen[a]) + metrics.frechet_distance(f_real[a], f_gen[b])
-        ) / 2
-        values["fd_halves_real"] = metrics.frechet_distance(f_real[a], f_real[b])
+        values[f"{halves}_generated"] = (statistic(real[b], generated[a]) + statistic(real[a], generated[b])) / 2
+        values[f"{halves}_real"] = (statistic(real[b], real[a]) + statistic(real[a], real[b])) / 2
+
+    def _subjects(self) -> list:
+        """Each real case's subject, or its position where cases name none (each case its own subject)."""
+        return [c.get("subject", i) for i, c in enumerate(self.real_cases)]
 
     def _halves(self) -> tuple[list[int], list[int]]:
         """Two halves of the real cases: by subject when cases name one (alternate subjects), else alternate cases."""
-        subjects = list(dict.fromkeys(c.get("subject", i) for i, c in enumerate(self.real_cases)))
-        first = set(subjects[0::2])
-        in_first = [c.get("subject", i) in first for i, c in enumerate(self.real_cases)]
+        subjects = self._subjects()
+        first = set(list(dict.fromkeys(subjects))[0::2])
+        in_first = [s in first for s in subjects]
         return [i for i, x in enumerate(in_first) if x], [i for i, x in enumerate(in_first) if not x]
 
-    def _paired(self, values: dict, real: torch.Tensor, generated: torch.Tensor, segmenter: nn.Module | None) -> None:
+    def _paired(
+        self,
+        values: dict,
+        real: torch.Tensor,
+        generated: torch.Tensor,
+        masks: torch.Tensor | None,
+        segmenter: nn.Module | None,
+    ) -> None:
         keys = ("ssim_paired", "psnr_paired", "correlation_in_mask", "mask_dice", "mask_dice_real")
         values.update(dict.fromkeys(keys))
-        if not self.num_labels:
+        if masks is None:
             values["skipped"]["paired"] = "the variant has no mask: no real image pairs with a generated one"
             return
-        masks = load_images(self.real_cases, self.transforms, key="label")
         per_case = {
             "ssim_paired": metrics.ssim_per_case(real, generated),
             "psnr_paired": metrics.psnr_per_case(real, generated),
@@ -316,8 +388,23 @@ class Evaluation:
         for key, images in (("class_accuracy", generated), ("class_accuracy_real", real)):
             _mean_with_ci(values, key, downstream.predict(classifier, images) == classes, self.draws)
 
-    def _conditional_diversity(self, values: dict) -> None:
-        values["conditional_ms_ssim"] = None
+    def _conditional_diversity(self, values: dict, real: torch.Tensor, masks: torch.Tensor | None) -> None:
+        """``conditional_ms_ssim`` and ``contrast_spread`` of ``diversity_samples`` samples of each of
+        ``diversity_cases`` conditions, beside ``contrast_spread_real``: the spread of the real subjects' contrasts
+        (each subject's mean over its cases; real images (N, 1, *spatial), label maps ``masks`` alike or None)."""
+        values.update(dict.fromkeys(("conditional_ms_ssim", "contrast_spread", "contrast_spread_real")))
+        values["contrast_spread_ratio"] = None
+        if masks is None:
+            values["skipped"]["contrast_spread"] = "the variant has no mask: no tissues to compare"
+        else:
+            means = metrics.subject_means(metrics.tissue_log_ratios(real, masks), self._subjects())  # (subjects, 2)
+            _set_statistic_with_ci(
+                values,
+                "contrast_spread_real",
+                lambda i: float(metrics.contrast_spread(means[i])),
+                len(means),
+                self.draws,
+            )
         if self.network is None or self.sampler is None:
             values["skipped"]["conditional_ms_ssim"] = "no generator given (a baseline or an imported set)"
             return
@@ -335,8 +422,16 @@ class Evaluation:
         ]
         values["conditional_ms_ssim_cases"] = len(cases)
         values["conditional_ms_ssim_samples"] = self.diversity_samples
-        per_case = metrics.conditional_ms_ssim(torch.stack(samples, dim=1))
-        _mean_with_ci(values, "conditional_ms_ssim", per_case, self.draws)
+        groups = torch.stack(samples, dim=1)  # (cases, samples, 1, *spatial)
+        _mean_with_ci(values, "conditional_ms_ssim", metrics.conditional_ms_ssim(groups), self.draws)
+        if masks is None:
+            return
+        labels = torch.as_tensor(batch["label"]).as_subclass(torch.Tensor)
+        ratios = metrics.tissue_log_ratios(groups.flatten(0, 1), labels.repeat_interleave(self.diversity_samples, 0))
+        spread = metrics.contrast_spread(ratios.view(len(cases), self.diversity_samples, -1))
+        _mean_with_ci(values, "contrast_spread", spread, self.draws)
+        real_spread = values["contrast_spread_real"]
+        values["contrast_spread_ratio"] = values["contrast_spread"] / real_spread if real_spread else None
 
     def _interplane(self, values: dict, real: torch.Tensor, generated: torch.Tensor, conditioned: bool) -> None:
         """``interplane_ratio`` of the generated volumes beside ``interplane_ratio_real``, each the mean over

@@ -1,7 +1,10 @@
 """Image-set metrics that run offline: distribution, diversity, paired and mask-consistency metrics.
 
-All take images on the model's grid and intensity range, (N, 1, *spatial) in [-1, 1]; structural similarity is
-computed on [0, 1] (the non-negative range its formula is meant for).
+All take images on the model's grid and intensity range, (N, 1, *spatial) in [-1, 1], 2D or 3D; structural
+similarity is computed on [0, 1] (the non-negative range its formula is meant for). The sharpness, texture and
+contrast metrics also take the label maps (N, 1, *spatial) that say where the brain is (label > 0; all ones where
+there is none) and measure each image scaled by its own brain's median, so a gain between the sets does not count
+as blur.
 """
 
 from __future__ import annotations
@@ -9,11 +12,12 @@ from __future__ import annotations
 import itertools
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 from monai.metrics import DiceMetric, MultiScaleSSIMMetric, PSNRMetric, SSIMMetric
+from scipy import ndimage
 from scipy.stats import wasserstein_distance
 
 DATA_RANGE = 2.0  # the model's intensities span [-1, 1]
@@ -169,13 +173,7 @@ def psnr_per_case(real: torch.Tensor, generated: torch.Tensor) -> torch.Tensor:
 def correlation_per_case(real: torch.Tensor, generated: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     """Pearson correlation of each generated image with its real counterpart inside its mask's foreground
     (label > 0): (N,). It ignores global gain and offset, so it measures whether the image follows the anatomy."""
-    out = []
-    for x, y, m in zip(real, generated, masks):
-        inside = m[0] > 0
-        a, b = x[0][inside].double(), y[0][inside].double()
-        a, b = a - a.mean(), b - b.mean()
-        out.append(float((a @ b) / (a.norm() * b.norm()).clamp(min=1e-12)))
-    return torch.tensor(out)
+    return _correlation(real, generated, masks > 0)
 
 
 def dice_per_case(masks: torch.Tensor, predicted: torch.Tensor, num_labels: int) -> torch.Tensor:
@@ -216,15 +214,190 @@ def interplane_ratio(volume: torch.Tensor, axis: int = -1) -> float:
     return curvature(axis) / in_plane if in_plane > 0 else math.nan
 
 
-def hf_power_ratio(real: torch.Tensor, generated: torch.Tensor, cutoff: float = 0.25) -> torch.Tensor:
-    """Per case, the generated image's spectral power above ``cutoff`` cycles per pixel (radial frequency; Nyquist
-    is 0.5) over its real counterpart's: images (N, C, *spatial) -> (N,). Below 1: detail is lost (blur); above 1:
-    more fine texture or noise than the real image has."""
-    dims = tuple(range(2, real.dim()))
-    axes = torch.meshgrid(*(torch.fft.fftfreq(n) for n in real.shape[2:]), indexing="ij")
-    high = torch.stack(axes).pow(2).sum(0).sqrt() > cutoff
+HIGH_FREQUENCY = 0.25  # cycles per pixel: a quarter of the sampling frequency
+BRAIN_DILATION = 3  # pixels the brain is dilated by before the spectral window tapers off
+TISSUE_RATIOS = ((3, 2), (2, 1))  # label pairs of the contrasts: white/grey matter, grey matter/CSF
 
-    def power(images: torch.Tensor) -> torch.Tensor:
-        return torch.fft.fftn(images.double(), dim=dims).abs().pow(2)[:, :, high].sum((1, 2))
 
-    return (power(generated) / power(real)).float()
+def _spatial(x: torch.Tensor, value: float, other: float) -> list[float]:
+    """A filter's per-axis size or sigma for images (N, C, *spatial): ``value`` along the spatial axes, ``other``
+    (the identity) along N and C."""
+    return [other, other] + [value] * (x.dim() - 2)
+
+
+def _gaussian(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Each image (N, C, *spatial) smoothed by a Gaussian of ``sigma`` pixels (edges mirrored)."""
+    return torch.from_numpy(ndimage.gaussian_filter(x.numpy(force=True), _spatial(x, sigma, 0)))
+
+
+def _sum(x: torch.Tensor) -> torch.Tensor:
+    """(N, C, *spatial) -> (N,): the sum over all but the first axis."""
+    return x.flatten(1).sum(1)
+
+
+def _brain_mean(x: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:
+    """The mean of each image (N, C, *spatial) over its weights or mask ``inside`` (same shape): (N,)."""
+    return _sum(x * inside) / _sum(inside.to(x.dtype))
+
+
+def _centred(x: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:
+    """Each image (N, C, *spatial) less its mean over ``inside`` (see ``_brain_mean``)."""
+    return x - _brain_mean(x, inside).view(-1, *[1] * (x.dim() - 1))
+
+
+def _correlation(a: torch.Tensor, b: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:
+    """Pearson correlation of a with b (N, C, *spatial) over each image's pixels ``inside`` (bool): (N,)."""
+    a, b = _centred(a.double(), inside) * inside, _centred(b.double(), inside) * inside
+    return _sum(a * b) / (_sum(a * a) * _sum(b * b)).sqrt().clamp(min=1e-12)
+
+
+def scaled_in_brain(images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Each image (N, 1, *spatial) taken from [-1, 1] to [0, 1] (0: the data's background) and divided by the median
+    over its brain (label > 0): (N, 1, *spatial), float64. A gain between the sets then does not count as blur; the
+    median, unlike an outer percentile such as p99.5, barely moves with texture or noise, whose tails would scale a
+    textured image down."""
+    x = _unit(images).double()
+    medians = torch.stack([image[m > 0].median() for image, m in zip(x, masks)])
+    return x / medians.clamp(min=1e-6).view(-1, *[1] * (x.dim() - 1))
+
+
+def brain_window(masks: torch.Tensor, dilation: int = BRAIN_DILATION) -> torch.Tensor:
+    """The spectral window of label maps (N, 1, *spatial): the brain (label > 0) dilated by ``dilation`` pixels and
+    smoothed by a Hann kernel as wide, so that it is 1 on the brain and falls smoothly to 0 within 2 x ``dilation``
+    pixels outside it; a hard cut at the mask's edge would put power at every frequency. (N, 1, *spatial) in [0, 1]."""
+    hann = np.hanning(2 * dilation + 3)[1:-1]
+    brain = (masks > 0).numpy(force=True).astype(np.float64)
+    window = ndimage.maximum_filter(brain, _spatial(masks, 2 * dilation + 1, 1))
+    for axis in range(2, masks.dim()):
+        window = ndimage.convolve1d(window, hann / hann.sum(), axis, mode="constant")
+    return torch.from_numpy(window)
+
+
+def _windowed_power(images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The power spectrum of each image (N, 1, *spatial), brain-scaled, less its windowed mean, times its brain
+    window, per unit of window energy: (N, P) at P frequencies, and their radial frequency in cycles/pixel (P,)."""
+    dims = tuple(range(2, images.dim()))
+    window = brain_window(masks)
+    x = scaled_in_brain(images, masks)
+    x = _centred(x, window) * window
+    power = torch.fft.fftn(x, dim=dims).abs().square().flatten(1) / _sum(window.square())[:, None]
+    axes = torch.meshgrid(*[torch.fft.fftfreq(images.shape[d], dtype=torch.float64) for d in dims], indexing="ij")
+    return power, torch.stack(axes).square().sum(0).sqrt().flatten()
+
+
+def radial_power_spectra(images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Radially averaged power spectra of images (N, 1, *spatial) inside their brain window (see
+    ``_windowed_power``): (N, B) mean power in rings one frequency step (1 / the shortest side) wide from that step
+    to 0.5 cycles/pixel, and the rings' frequencies (B,)."""
+    power, radius = _windowed_power(images, masks)
+    size = min(images.shape[2:])
+    ring = (radius * size).round().long()
+    keep = (ring >= 1) & (ring <= size // 2)
+    sums = torch.zeros(len(power), size // 2 + 1, dtype=power.dtype).index_add_(1, ring[keep], power[:, keep])
+    counts = torch.bincount(ring[keep], minlength=size // 2 + 1)
+    return sums[:, 1:] / counts[1:], torch.arange(1, size // 2 + 1, dtype=torch.float64) / size
+
+
+def log_spectral_distance(real: torch.Tensor, generated: torch.Tensor) -> float:
+    """RMS difference over frequencies of the log10 mean radial spectra of two sets, (N, B) and (M, B) from
+    ``radial_power_spectra``: 0 for equal spectra, 0.1 for a power 26% off at every frequency."""
+    return float((generated.mean(0).log10() - real.mean(0).log10()).square().mean().sqrt())
+
+
+def high_frequency_power(images: torch.Tensor, masks: torch.Tensor, cutoff: float = HIGH_FREQUENCY) -> torch.Tensor:
+    """Mean power above ``cutoff`` cycles/pixel (radial frequency) of each image (N, 1, *spatial) inside its brain
+    window (see ``_windowed_power``): (N,). A blurred image keeps less of it."""
+    power, radius = _windowed_power(images, masks)
+    return power[:, radius > cutoff].mean(1)
+
+
+def gradient_magnitude(images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Mean gradient magnitude (central differences, per pixel) over the brain (label > 0) of each image
+    (N, 1, *spatial) scaled by its brain's median (``scaled_in_brain``): (N,)."""
+    x = scaled_in_brain(images, masks)
+    magnitude = torch.stack(torch.gradient(x, dim=tuple(range(2, x.dim())))).square().sum(0).sqrt()
+    return _brain_mean(magnitude, masks > 0)
+
+
+def tissue_log_ratios(images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Log ratios of tissue mean intensities, ``TISSUE_RATIOS`` (white/grey matter, grey matter/CSF), of images
+    (N, 1, *spatial) taken from [-1, 1] to [0, 1], where 0 is the data's background, so the ratios are the data's
+    contrasts (and ignore a gain): (N, 2); nan where a tissue is absent."""
+    x = _unit(images).double()
+    means = {k: _brain_mean(x, masks == k) for k in {k for pair in TISSUE_RATIOS for k in pair}}
+    return torch.stack([means[a].clamp(min=1e-3).log() - means[b].clamp(min=1e-3).log() for a, b in TISSUE_RATIOS], 1)
+
+
+def contrast_spread(log_ratios: torch.Tensor) -> torch.Tensor:
+    """Contrast diversity of images: log ratios (..., K, R) of K images -> (...,), their standard deviation over the
+    K images averaged over the R ratios (nan ones left out); 0 when every image has the same contrasts."""
+    return log_ratios.std(-2).nanmean(-1)
+
+
+def subject_means(values: torch.Tensor, subjects: Sequence) -> torch.Tensor:
+    """Per-case values (N, ...) -> each subject's mean over its cases (S, ...), nan values left out, subjects in the
+    order they first appear in ``subjects`` (N names)."""
+    names = list(dict.fromkeys(subjects))
+    return torch.stack([values[[i for i, s in enumerate(subjects) if s == name]].nanmean(0) for name in names])
+
+
+def _lagged_correlation(x: torch.Tensor, inside: torch.Tensor, lag: int) -> torch.Tensor:
+    """Correlation of each image (N, 1, *spatial) with itself ``lag`` pixels on, over pixel pairs both ``inside``,
+    averaged over the spatial axes: (N,)."""
+    out = []
+    for d in range(2, x.dim()):
+        n = x.shape[d] - lag
+        both = inside.narrow(d, 0, n) & inside.narrow(d, lag, n)
+        out.append(_correlation(x.narrow(d, 0, n), x.narrow(d, lag, n), both))
+    return torch.stack(out).mean(0)
+
+
+def _coherence(x: torch.Tensor, inside: torch.Tensor, sigma: float = 1.0) -> torch.Tensor:
+    """Mean gradient-orientation coherence over the brain of images (N, 1, *spatial): (N,). The coherence is the
+    fractional anisotropy of the structure tensor J (gradient outer products smoothed by ``sigma`` pixels),
+    sqrt(d / (d - 1)) |J - tr(J) I / d| / |J| (Frobenius norms, d spatial axes): 1 where the gradients of a
+    neighbourhood all point one way (an edge), lower where they point every way (texture, noise)."""
+    dims = tuple(range(2, x.dim()))
+    gradients = torch.gradient(x, dim=dims)
+    tensor = torch.stack([torch.stack([_gaussian(a * b, sigma) for b in gradients], -1) for a in gradients], -1)
+    trace = tensor.diagonal(dim1=-2, dim2=-1).sum(-1, keepdim=True)
+    deviator = tensor - torch.diag_embed(trace.expand(*trace.shape[:-1], len(dims))) / len(dims)
+    norm = tensor.flatten(-2).norm(dim=-1).clamp(min=1e-12)
+    return _brain_mean(math.sqrt(len(dims) / (len(dims) - 1)) * deviator.flatten(-2).norm(dim=-1) / norm, inside)
+
+
+def texture_features(images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Classical texture statistics of each image (N, 1, *spatial) over its brain (label > 0), scaled by its brain's
+    median (``scaled_in_brain``): (N, 4 L + 1).
+
+    The image is split into L difference-of-Gaussians bands, band l = G(s_l) x - G(s_(l+1)) x with s = 0, 1, 2, 4..
+    pixels (L = log2(shortest side) - 3, at least 1); per band: its energy (log variance), the log of its kurtosis
+    (sparse edges against dense texture), its correlation with itself 2^l pixels on (the band's grain), and the
+    correlation of its local energy (band^2) 2^(l+1) pixels on (whether detail comes in patches); plus the mean
+    gradient-orientation coherence of the structure tensor. Blur lowers the fine bands' energy and raises their
+    correlations; a mean of several images lowers energy and kurtosis: neither is a change of anatomy, which the
+    segmenter's features are trained to see.
+    """
+    levels = max(1, int(math.log2(min(images.shape[2:]))) - 3)
+    x = scaled_in_brain(images, masks)
+    inside = masks > 0
+    smoothed = [x] + [_gaussian(x, 2.0**level) for level in range(levels)]
+    features = []
+    for level in range(levels):
+        band = smoothed[level] - smoothed[level + 1]
+        centred = _centred(band, inside)
+        variance = _brain_mean(centred.square(), inside).clamp(min=1e-12)
+        features += [
+            variance.log(),
+            (_brain_mean(centred**4, inside) / variance.square()).clamp(min=1e-12).log(),
+            _lagged_correlation(band, inside, 2**level),
+            _lagged_correlation(band.square(), inside, 2 ** (level + 1)),
+        ]
+    features.append(_coherence(x, inside))
+    return torch.stack(features, 1).float()
+
+
+def standardised(features: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Features (N, F) in units of a reference set's (M, F) per-feature mean and standard deviation, so that no
+    statistic weighs in a Frechet distance or KID by its units."""
+    return (features - reference.mean(0)) / reference.std(0).clamp(min=1e-6)
