@@ -27,6 +27,7 @@ from records import ROOT, cli_list, one_batch, run_info, save, test_subset, work
 from sampling import resumable_sample_and_evaluate
 
 from scripts.checkpoint import read_checkpoint
+from scripts.data import load_cases
 from scripts.visualize import save_grid
 
 SHIPPED = str(ROOT / "bundle" / "models" / "model.pt")
@@ -47,14 +48,18 @@ def train(arms: str = ",".join(ARMS), work_dir: str = "runs/blur_ablation", epoc
     if threads:
         torch.set_num_threads(threads)
     for arm in cli_list(arms):
-        model = Path(work_dir) / arm / "model.pt"
-        if model.is_file() and read_checkpoint(str(model))["card"]["provenance"].get("epochs", 0) >= epochs:
+        if trained(Path(work_dir) / arm / "model.pt", epochs):
             print(f"{arm}: trained")
             continue
         overrides = {"checkpoint_interval": 1, "preview_interval": 1000, "train#trainer#max_epochs": epochs}
         if "init_ckpt" in ARMS[arm]:  # a fine-tune keeps its base's intensity scaling
             overrides["intensity_range"] = read_checkpoint(ARMS[arm]["init_ckpt"])["card"]["intensity_range"]
         workflow(["train.json"], output_dir=str(Path(work_dir) / arm), **overrides, **ARMS[arm]).run()
+
+
+def trained(model: Path, epochs: int = EPOCHS) -> bool:
+    """Whether the model file exists and its card says it has trained ``epochs`` epochs."""
+    return model.is_file() and read_checkpoint(str(model))["card"]["provenance"].get("epochs", 0) >= epochs
 
 
 SETTING = {"method": "flow", "solver": "euler", "num_steps": 10, "nfe": 10}
@@ -72,21 +77,28 @@ def evaluate(
     work = Path(work_dir).resolve()
     models = {"shipped": SHIPPED} | {arm: str(work / arm / "model.pt") for arm in cli_list(arms)}
     overrides = one_batch(test_subset({}, case_stride, work), SHIPPED)
-    rows, pictures = [], []
+    cases = load_cases(overrides["datalist"], "test", str(ROOT / "bundle" / "data"))[:PICTURED]
+    rows, pictures = [], [("real", [_read(case["image"]) for case in cases])]
     for name, ckpt in models.items():
-        if not Path(ckpt).is_file():
+        if name != "shipped" and not trained(Path(ckpt)):
             print(f"{name}: not trained yet, left out")
             continue
         row = resumable_sample_and_evaluate(SETTING, ckpt, work / "samples" / name, overrides)
         provenance = read_checkpoint(ckpt)["card"]["provenance"]
         rows.append({"arm": name, **ARMS.get(name, {}), **row, "training": _cost(provenance)})
-        images = sorted((work / "samples" / name / "images").glob("*.nii.gz"))[:PICTURED]
-        pictures.append((name, [torch.as_tensor(nib.load(f).get_fdata()).float()[None] for f in images]))
+        images = work / "samples" / name / "images"
+        pictures.append((name, [_read(str(images / f"{case['id']}.nii.gz")) for case in cases]))
     record = {**run_info("blur_ablation"), "setting": SETTING, "case_stride": case_stride, "rows": rows}
     os.makedirs(out_dir, exist_ok=True)
     save(record, os.path.join(out_dir, "blur_ablation.json"))
     save_grid(os.path.join(out_dir, "blur_ablation.png"), pictures)
     return record
+
+
+def _read(path: str) -> torch.Tensor:
+    """A NIfTI slice as (1, H, W)."""
+    image = nib.load(path)
+    return torch.as_tensor(image.get_fdata()).float().reshape(1, *image.shape[:2])
 
 
 def _cost(provenance: dict) -> dict:

@@ -128,6 +128,36 @@ def generalisation_table(record: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def blur_ablation_table(record: dict) -> str:
+    """The blur ablation's table (see bench/blur_ablation.py): each arm's change, what its training cost, and its
+    samples' metrics at the record's setting, the sharpness columns beside the real images' values."""
+    lines = [
+        "| arm | change | training iterations (s) | mask Dice (real images) | feature FD | conditional MS-SSIM "
+        "| SSIM | PSNR |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in record["rows"]:
+        change = ", ".join(f"{k} {v}" for k, v in r.items() if k in CHANGES) or "-"
+        cost = r.get("training") or {}
+        lines.append(
+            f"| {r['arm']} | {change} | {cost.get('iterations')} ({cost.get('training_seconds')}) "
+            f"| {_value(r, 'mask_dice')} ({_value(r, 'mask_dice_real')}) | {_value(r, 'fd_segmenter_features')} "
+            f"| {_value(r, 'conditional_ms_ssim')} | {_value(r, 'ssim_paired')} | {_value(r, 'psnr_paired', 2)} |"
+        )
+    lines = _with_sharpness(lines, record["rows"])
+    setting = record["setting"]
+    lines += [
+        "",
+        f"{setting['solver']} at {setting['nfe']} NFE, every {record['case_stride']}th test slice; "
+        f"{record['machine']}; `{record['command']}`.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+# the training settings an arm of the blur ablation changes, as its table names them
+CHANGES = ("augment", "time_schedule", "mask_network", "init_ckpt", "unet#channels", "unet#num_res_blocks")
+
+
 def downstream_table(record: dict) -> str:
     """The downstream benchmark's table (see bench/downstream.py): each task's score on the real test subjects per
     training set, with its interval over test cases and its spread over seeds."""
@@ -751,6 +781,7 @@ BLOCKS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "deploy_latency": ("deploy_latency.json", deploy_latency_table),
     "pacs_burst": ("pacs_burst.json", pacs_burst_table),
     "fuzz_inputs": ("fuzz_inputs.json", fuzz_inputs_table),
+    "blur_ablation": ("blur_ablation.json", blur_ablation_table),
 }
 
 
