@@ -26,8 +26,10 @@ import torch
 from records import ROOT, cli_list, one_batch, run_info, save, test_subset, workflow
 from sampling import resumable_sample_and_evaluate
 
+from scripts.batches import without_meta
 from scripts.checkpoint import read_checkpoint
-from scripts.data import load_cases
+from scripts.data import AUGMENTATIONS, input_transforms, load_batch, load_cases
+from scripts.metrics import high_frequency_power
 from scripts.visualize import save_grid
 
 SHIPPED = str(ROOT / "bundle" / "models" / "model.pt")
@@ -88,11 +90,32 @@ def evaluate(
         rows.append({"arm": name, **ARMS.get(name, {}), **row, "training": _cost(provenance)})
         images = work / "samples" / name / "images"
         pictures.append((name, [_read(str(images / f"{case['id']}.nii.gz")) for case in cases]))
-    record = {**run_info("blur_ablation"), "setting": SETTING, "case_stride": case_stride, "rows": rows}
+    record = {
+        **run_info("blur_ablation"),
+        "setting": SETTING,
+        "case_stride": case_stride,
+        "rows": rows,
+        "targets": target_sharpness(),
+    }
     os.makedirs(out_dir, exist_ok=True)
     save(record, os.path.join(out_dir, "blur_ablation.json"))
     save_grid(os.path.join(out_dir, "blur_ablation.png"), pictures)
     return record
+
+
+def target_sharpness(count: int = 256, seed: int = 0) -> dict:
+    """What each training augmentation leaves of the data's fine detail: for ``count`` training slices (evenly
+    spread), the mean over slices of the high-frequency power (``metrics.high_frequency_power``, in the brain) of
+    the augmented slice over the same slice without augmentation, on the model's grid."""
+    cases = load_cases(str(ROOT / "bundle" / "data" / "datalist_2d.json"), "training", use_mask=True)
+    cases = cases[:: max(1, len(cases) // count)][:count]
+    intensity_range = read_checkpoint(SHIPPED)["card"]["intensity_range"]
+    power = {}
+    for augment in AUGMENTATIONS:
+        torch.manual_seed(seed)
+        batch = load_batch(cases, input_transforms([64, 64], 4, intensity_range, augment))
+        power[augment] = high_frequency_power(without_meta(batch["image"]), without_meta(batch["label"]))
+    return {a: round(float((p / power["none"]).mean()), 4) for a, p in power.items() if a != "none"}
 
 
 def _read(path: str) -> torch.Tensor:

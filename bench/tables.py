@@ -146,7 +146,10 @@ def blur_ablation_table(record: dict) -> str:
         )
     lines = _with_sharpness(lines, record["rows"])
     setting = record["setting"]
+    targets = ", ".join(f"{k} {v:.2f}" for k, v in record.get("targets", {}).items())
     lines += [
+        "",
+        f"Training targets' high-frequency power over the same slices without augmentation (mean): {targets}.",
         "",
         f"{setting['solver']} at {setting['nfe']} NFE, every {record['case_stride']}th test slice; "
         f"{record['machine']}; `{record['command']}`.",
