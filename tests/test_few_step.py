@@ -164,7 +164,8 @@ def test_few_step_benchmark(data_dir, small_datalist, tiny_model, tiny_ddpm, tmp
     assert all(np.isfinite(r["psnr_paired"]) for r in record["rows"])
     base = read_checkpoint(str(tiny_model))
     for name in models[1:]:  # fine-tuned from the base: same card, new weights
-        tuned = read_checkpoint(record["checkpoints"][name])
+        assert record["checkpoints"][name] == f"{name}/model.pt"  # named without the machine's folders
+        tuned = read_checkpoint(str(work / name / "model.pt"))
         assert _kind(tuned) == _kind(base) and not torch.equal(
             tuned["ema"]["unet.out.2.conv.weight"], base["ema"]["unet.out.2.conv.weight"]
         )

@@ -13,7 +13,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-LOCAL = {"scripts", "files", "operators", "motfm_deploy", "app", "deploy_app", "pacs_node", "testbed"}
+# the project's own modules: its packages, and the bundle's scripts as a file run as a script imports them
+LOCAL = {"scripts", "operators", "motfm_deploy", "app", "deploy_app", "pacs_node", "testbed"} | {
+    p.stem for p in (ROOT / "bundle" / "scripts").glob("*.py")
+}
 APP = ROOT / "deploy_app"
 # part -> (its code, its requirements file); the deploy app has its own test below
 PARTS = {
