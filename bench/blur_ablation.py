@@ -112,8 +112,8 @@ def target_sharpness(count: int = 256, seed: int = 0) -> dict:
     intensity_range = read_checkpoint(SHIPPED)["card"]["intensity_range"]
     power = {}
     for augment in AUGMENTATIONS:
-        torch.manual_seed(seed)
-        batch = load_batch(cases, input_transforms([64, 64], 4, intensity_range, augment))
+        transforms = input_transforms([64, 64], 4, intensity_range, augment).set_random_state(seed)
+        batch = load_batch(cases, transforms)
         power[augment] = high_frequency_power(without_meta(batch["image"]), without_meta(batch["label"]))
     return {a: round(float((p / power["none"]).mean()), 4) for a, p in power.items() if a != "none"}
 
