@@ -1,5 +1,5 @@
 """The inputs ``monai-deploy package`` reads are complete and consistent (the packager itself needs Docker): the
-app folder, app.yaml, the model folder, and the README's commands (requirements.txt: tests/test_requirements.py)."""
+app folder, app.yaml, the model folder, and the packaging doc's commands (requirements.txt: tests/test_requirements.py)."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def test_packager_reads_the_application_and_its_config():
     assert manifest.version == "0.1.0" and config.title()
     assert set(manifest.resources) == {"cpu", "gpu", "memory", "gpuMemory"}
     assert re.fullmatch(r"\d+(Mi|Gi)", manifest.resources["memory"])
-    readme = (APP / "README.md").read_text()
+    readme = (APP / "docs" / "packaging.md").read_text()
     tag = PlatformParameters(Platform.x86_64, f"motfm-dicom:{manifest.version}", manifest.version, 13).tag
     assert f"monai-deploy run {tag}" in readme
     assert f"-t motfm-dicom:{manifest.version} --platform x86_64" in readme
@@ -44,7 +44,7 @@ MODELS = "build/models"
 
 
 def test_packaged_model_folder_holds_one_loadable_bundle(tmp_path, bundle):
-    """The README's model folder (a bundle's configs, scripts and weights in one sub-folder) is one model to the
+    """The packaging doc's model folder (a bundle's configs, scripts and weights in one sub-folder) is one model to the
     packager and the bundle to the app, as the package's model path will hold it."""
     from holoscan_cli.packager.models import Models
 
