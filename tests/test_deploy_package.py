@@ -1,5 +1,6 @@
 """The inputs ``monai-deploy package`` reads are complete and consistent (the packager itself needs Docker): the
-app folder, app.yaml, the model folder, and the packaging doc's commands (requirements.txt: tests/test_requirements.py)."""
+app folder, app.yaml, the model folder, and the packaging doc's commands (requirements.txt:
+tests/test_requirements.py)."""
 
 from __future__ import annotations
 
