@@ -12,10 +12,9 @@ fi
 [ -d .venv ] || python3 -m venv .venv
 . .venv/bin/activate
 pip install -q -r requirements.txt
-# with the Deploy SDK installed, `import monai` imports Holoscan, which links libcudart.so.13: pip's CUDA runtime is
-# where the loader does not look (the app and the node load it themselves; the tests import monai in-process)
-cuda_runtime=$(python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/nvidia/cu13/lib
-export LD_LIBRARY_PATH="$cuda_runtime${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+# with the Deploy SDK installed, `import monai` imports Holoscan, which links libcudart.so.13, and pip's CUDA runtime
+# is where the loader does not look: a start-up hook in the venv loads it into every Python process of the venv
+python deploy_app/motfm_deploy/cuda.py
 ruff check .
 python -m pytest -q tests "$@"
 # the deploy app's container image (built once per set of inputs, some minutes the first time, then reused) and

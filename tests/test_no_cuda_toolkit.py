@@ -50,11 +50,20 @@ def no_cuda() -> list[str]:
         pytest.skip("no unshare command (util-linux): cannot hide the system's CUDA")
     if probe.returncode != 0:
         pytest.skip(f"a private mount namespace is not permitted here (unshare --mount): {probe.stderr.strip()}")
-    holoscan = subprocess.run(
-        [*prefix, sys.executable, "-c", "import holoscan"], capture_output=True, text=True, timeout=300, check=False
-    )
-    assert holoscan.returncode != 0 and MISSING_CUDA in holoscan.stderr, holoscan.stderr[-3000:]
+    # -S: without site-packages' start-up hooks, the dynamic loader alone cannot find the CUDA runtime there
+    loader = "import ctypes; ctypes.CDLL('libcudart.so.13')"
+    alone = subprocess.run([*prefix, sys.executable, "-S", "-c", loader], capture_output=True, text=True, check=False)
+    assert alone.returncode != 0 and MISSING_CUDA in alone.stderr, alone.stderr[-3000:]
     return prefix
+
+
+def test_the_full_venv_imports_monai_without_system_cuda(no_cuda):
+    """The test venv (``tests/run.sh``: the bundle, the SDK and Holoscan) imports ``monai.bundle`` there: its start-up
+    hook (``motfm_deploy.cuda.install_startup_hook``) loads pip's CUDA runtime before Holoscan links it."""
+    done = subprocess.run(
+        [*no_cuda, sys.executable, "-c", "import monai.bundle, holoscan"], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
 
 
 def test_the_app_runs_without_system_cuda(no_cuda, tmp_path, volumes, model):
